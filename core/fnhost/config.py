@@ -64,9 +64,7 @@ class Config(msgspec.Struct, kw_only=True):
         return Path(self.server.data_dir)
 
 
-def load_config(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the config file (if any) and apply FNHOST_* overrides.
 
     Without `path`, `./fnhost.toml` is read if it exists (or `FNHOST_CONFIG`).

@@ -77,9 +77,7 @@ class Store(PluginObject, ABC):
 
     # functions
     @abstractmethod
-    async def save_function(
-        self, function: StoredFunction, expected_revision: int | None
-    ) -> None:
+    async def save_function(self, function: StoredFunction, expected_revision: int | None) -> None:
         """Insert (`expected_revision` None) or update a function, atomically.
 
         Raise `Conflict` when inserting an existing function, or when the stored
@@ -162,7 +160,7 @@ class Trigger(PluginObject):
 
 
 def validation_message(exc: msgspec.ValidationError, prefix: str) -> str:
-    """Turn msgspec's "Expected `int`, got `str` - at `$.x`" into "prefix.x: expected int, got str"."""
+    """Turn msgspec's "Expected `int` - at `$.x`" into "prefix.x: expected int"."""
     text = str(exc)
     message, _, where = text.partition(" - at `$")
     path = where.rstrip("`")

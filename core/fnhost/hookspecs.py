@@ -38,7 +38,11 @@ def fnhost_triggers() -> list[type[Trigger]]:
 
 @hookspec
 def fnhost_routes(app_config: Any) -> list[Any]:
-    """Return extra Litestar route handlers or routers (HTTP or WebSocket) to mount."""
+    """Return extra Litestar route handlers or routers (HTTP or WebSocket) to mount.
+
+    `app_config` is the fnhost `Config`; handlers find the platform at
+    `connection.app.state.platform`.
+    """
 
 
 @hookspec

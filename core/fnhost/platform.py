@@ -37,9 +37,11 @@ class Platform:
             for name, provided in self.registry.triggers.items()
         }
         self.cipher = EnvCipher.from_config(config)
+        from fnhost.keys import KeyRing
         from fnhost.service import FunctionService
 
         self.service = FunctionService(self)
+        self.keys = KeyRing(self)
         self._started: list[PluginObject] = []
 
     def _build(self, kind: str, provided: Provided) -> PluginObject:
@@ -57,11 +59,13 @@ class Platform:
             for name in getattr(self.config, kind).sections:
                 if name not in known:
                     raise ConfigError(
-                        f"config: [{kind}.{name}]: no loaded plugin provides a {kind} named {name!r}"
+                        f"config: [{kind}.{name}]: no loaded plugin provides that {kind}"
                     )
         for name in self.config.trigger:
             if name not in self.registry.triggers:
-                raise ConfigError(f"config: [trigger.{name}]: no loaded plugin provides that trigger")
+                raise ConfigError(
+                    f"config: [trigger.{name}]: no loaded plugin provides that trigger"
+                )
 
     async def start(self) -> None:
         """Start the store, then the runtime and triggers, then run `fnhost_startup` hooks."""

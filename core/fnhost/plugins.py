@@ -50,7 +50,9 @@ def create_plugin_manager(
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:
-            raise PluginError(f"a plugin of entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
+            raise PluginError(
+                f"a plugin of entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}"
+            ) from exc
     for module_name in modules:
         if module_name in blocked:
             continue
@@ -110,7 +112,9 @@ class PluginRegistry:
                         )
                     name = getattr(provided, attr, None)
                     if not isinstance(name, str) or not name:
-                        raise PluginError(f"plugin {plugin_name!r}: {provided.__name__} has no name")
+                        raise PluginError(
+                            f"plugin {plugin_name!r}: {provided.__name__} has no name"
+                        )
                     if name in target:
                         other = target[name].plugin_name
                         raise PluginError(
@@ -154,7 +158,9 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
             PluginInfo(
                 name=name,
                 distribution=dist.project_name if dist else _module_distribution(plugin),
-                version=dist.version if dist else (_core_version() if _module_distribution(plugin) else None),
+                version=dist.version
+                if dist
+                else (_core_version() if _module_distribution(plugin) else None),
                 hooks=hooks,
             )
         )

@@ -1,0 +1,3 @@
+from fnhost.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""Public calls: ANY /v1/{app_id}/fn/{name}[/{path}] runs a function with an http trigger.
+
+No management key is needed; the caller's Authorization header reaches the
+function as is (end-user tokens are the function's business).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, route
+from litestar.enums import HttpMethod
+from litestar.response.base import ASGIResponse
+
+from fnhost.api.errors import error_response
+from fnhost.api.state import platform_of
+from fnhost.errors import NotFound, TooLarge
+from fnhost.models import InvocationRequest
+from fnhost.names import check_app_id
+from fnhost.service import new_invocation_id
+
+# Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection, not to the function.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by fnhost from the connection; what a caller sends under these names is replaced.
+FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+FAILURE_MESSAGES = {
+    "error": "the function threw an error",
+    "bad_return": "the function did not return a Response",
+    "timeout": "the function timed out",
+    "memory": "memory limit exceeded",
+    "crash": "the function's worker failed",
+}
+ALL_METHODS = [
+    HttpMethod.GET,
+    HttpMethod.POST,
+    HttpMethod.PUT,
+    HttpMethod.PATCH,
+    HttpMethod.DELETE,
+    HttpMethod.OPTIONS,
+    HttpMethod.HEAD,
+]
+
+
+@route(
+    ["/v1/{app_id:str}/fn/{name:str}", "/v1/{app_id:str}/fn/{name:str}/{subpath:path}"],
+    http_method=ALL_METHODS,
+    summary="Call a deployed function (any method); the request reaches it as is",
+    tags=["calls"],
+)
+async def call_function(
+    request: Request[Any, Any, Any], app_id: str, name: str, subpath: str = "/"
+) -> ASGIResponse | Response[Any]:
+    platform = platform_of(request)
+    check_app_id(app_id)
+    function = await platform.service.get(app_id, name)
+    http = function.trigger_of("http")
+    if http is None:
+        raise NotFound(f"function {name!r} has no http trigger")
+    method = request.method.upper()
+    allowed = http.config.get("method")
+    if allowed and method != allowed:
+        return error_response(
+            405,
+            f"method {method} not allowed; this function accepts {allowed}",
+            headers={"Allow": allowed},
+        )
+    limit = platform.config.server.max_body_bytes
+    body = await request.body()
+    if len(body) > limit:
+        raise TooLarge(f"request body larger than {limit} bytes")
+    invocation = InvocationRequest(
+        invocation_id=new_invocation_id(),
+        method=method,
+        url=_function_url(request, subpath),
+        headers=_forwarded_headers(request),
+        body=body,
+        trigger={"type": "http"},
+    )
+    path = subpath if subpath.startswith("/") else "/" + subpath
+    result, record = await platform.service.invoke(function, invocation, trigger="http", path=path)
+    if result.outcome != "ok":
+        return error_response(
+            record.status_code, FAILURE_MESSAGES[result.outcome], {"invocationId": record.id}
+        )
+    headers = [
+        (k, v)
+        for k, v in result.headers
+        if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
+    ]
+    return ASGIResponse(
+        body=result.body,
+        status_code=result.status_code,
+        headers=headers,
+        media_type="application/octet-stream",  # only when the function set no Content-Type
+        is_head_response=method == "HEAD",
+    )
+
+
+def _function_url(request: Request[Any, Any, Any], subpath: str) -> str:
+    host = request.headers.get("host", "localhost")
+    path = subpath if subpath.startswith("/") else "/" + subpath
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return f"{request.url.scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _forwarded_headers(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
+    headers = [
+        (key.decode("latin-1"), value.decode("latin-1"))
+        for key, value in request.scope["headers"]
+        if key.decode("latin-1").lower() not in HOP_BY_HOP | FORWARDED
+    ]
+    client = request.client.host if request.client else ""
+    prior = request.headers.get("x-forwarded-for")
+    headers.append(("x-forwarded-for", f"{prior}, {client}" if prior else client))
+    headers.append(("x-forwarded-proto", request.url.scheme))
+    headers.append(("x-forwarded-host", request.headers.get("host", "")))
+    return headers

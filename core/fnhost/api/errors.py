@@ -1,0 +1,113 @@
+"""Every error leaves fnhost as JSON `{"error": message, "detail": ...}` with its status,
+mapped here once. Nothing a user sends yields a traceback."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from fnhost import errors
+
+log = logging.getLogger("fnhost.api")
+
+STATUS_OF: dict[type[errors.FnhostError], int] = {
+    errors.BadInput: 400,
+    errors.InvalidField: 422,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.TooLarge: 413,
+    errors.RateLimited: 429,
+    errors.Unavailable: 503,
+    errors.ConfigError: 500,
+    errors.PluginError: 500,
+}
+
+
+def error_response(
+    status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    body: dict[str, Any] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def status_of(exc: errors.FnhostError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]  # type: ignore[index]
+    return 500
+
+
+def handle_fnhost_error(_: Request[Any, Any, Any], exc: errors.FnhostError) -> Response[Any]:
+    status = status_of(exc)
+    headers = None
+    if isinstance(exc, errors.RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if status >= 500:
+        log.error("%s: %s", type(exc).__name__, exc.message)
+    return error_response(status, exc.message, exc.detail, headers)
+
+
+def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """Litestar's body/parameter validation: a missing field or a body of the wrong shape is
+    400 (bad input); a present field with a bad value is 422, and the message names it."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    if not problems:
+        return error_response(400, str(exc.detail) or "invalid request")
+    first = problems[0]
+    message = str(first.get("message", "invalid value")).replace("`", "")
+    key = str(first.get("key", ""))
+    source = first.get("source")
+    if message.startswith("Object missing required field"):
+        field = message.rsplit(" ", 1)[-1]
+        return error_response(400, f"{field}: required", {"field": field})
+    if key in ("", "data") or source not in ("body", None):
+        where = f"{source} parameter {key}" if source not in ("body", None) else "request body"
+        return error_response(
+            400, f"{where}: {message[0].lower()}{message[1:]}", {"field": key or None}
+        )
+    return error_response(422, f"{key}: {message[0].lower()}{message[1:]}", {"field": key})
+
+
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    message = exc.detail
+    if isinstance(exc, NotFoundException):
+        message = "not found"
+    elif isinstance(exc, NotAuthorizedException | PermissionDeniedException):
+        message = exc.detail
+    elif status == 413:
+        message = "request body too large"
+    elif status == 400 and "JSON" in str(exc.detail):
+        message = "request body is not valid JSON"
+    headers = {
+        k: v for k, v in (exc.headers or {}).items() if k.lower() in ("allow", "retry-after")
+    }
+    return error_response(status, str(message), None, headers or None)
+
+
+def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unexpected error", exc_info=exc)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    errors.FnhostError: handle_fnhost_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

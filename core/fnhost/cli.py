@@ -1,0 +1,215 @@
+"""The `fnhost` command: run the server, manage config, plugins and keys, and drive a
+running server over its REST API (deploy, invoke, ls, logs, rm, env)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fnhost.config import CONFIG_TEMPLATE, DEFAULT_FILE, Config, load_config
+from fnhost.errors import FnhostError
+from fnhost.keys import ADMIN_KEY_FILE
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except FnhostError as exc:
+        fail(exc.message)
+        raise  # unreachable
+
+
+@click.group()
+@click.version_option(package_name="fnhost-core")
+@click.option(
+    "--config",
+    "config_path",
+    envvar="FNHOST_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: ./fnhost.toml if present).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """fnhost: self-hosted serverless functions."""
+    ctx.obj = {"config_path": config_path}
+
+
+# -- server side -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", help="Override server.host.")
+@click.option("--port", type=int, help="Override server.port.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Start fnhost (works with no config file: SQLite, Deno, 127.0.0.1:8080)."""
+    import uvicorn
+
+    from fnhost.api import create_app
+    from fnhost.platform import Platform
+
+    config = _config(ctx.obj["config_path"])
+    if host:
+        config.server.host = host
+    if port is not None:
+        config.server.port = port
+    try:
+        platform = Platform(config)
+    except FnhostError as exc:
+        fail(exc.message)
+        return
+    url = f"http://{config.server.host}:{config.server.port}"
+
+    def ready(_: Platform, generated_key: str | None) -> None:
+        console.print(
+            f"fnhost is listening on [bold]{url}[/] "
+            f"(store {config.store.use}, runtime {config.runtime.use})",
+            highlight=False,
+        )
+        key_path = config.data_path / ADMIN_KEY_FILE
+        if generated_key:
+            console.print(
+                f"admin key (shown once; also in {key_path}, mode 0600):", highlight=False
+            )
+            console.print(f"  [bold]{generated_key}[/]", highlight=False)
+        elif key_path.exists():
+            console.print(f"admin key: in {key_path}", highlight=False)
+        sys.stdout.flush()
+
+    app = create_app(platform, on_ready=ready)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            loop="uvloop",
+            http="httptools",
+        )
+    )
+    try:
+        server.run()
+    except FnhostError as exc:
+        fail(exc.message)
+    if not server.started:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--path", default=DEFAULT_FILE, show_default=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: str, force: bool) -> None:
+    """Write a commented config file."""
+    target = Path(path)
+    if target.exists() and not force:
+        fail(f"{target} exists; use --force to overwrite it")
+    target.write_text(CONFIG_TEMPLATE)
+    console.print(f"wrote {target}", highlight=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List loaded plugins, their distributions and versions, and the hooks each implements."""
+    from fnhost.plugins import PluginRegistry, create_plugin_manager, describe_plugins
+
+    config = _config(ctx.obj["config_path"])
+    try:
+        pm = create_plugin_manager(config.plugins.modules, config.plugins.disable)
+        registry = PluginRegistry.collect(pm)
+    except FnhostError as exc:
+        fail(exc.message)
+        return
+    provides: dict[str, list[str]] = {}
+    for kind in ("runtime", "store", "trigger"):
+        for name, provided in getattr(registry, kind + "s").items():
+            provides.setdefault(provided.plugin_name, []).append(f"{kind} {name}")
+    rows = [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "provides": provides.get(info.name, []),
+            "hooks": info.hooks,
+        }
+        for info in describe_plugins(pm)
+    ]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows}, indent=2))
+        return
+    table = Table("plugin", "distribution", "version", "provides", "hooks")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["distribution"] or "-",
+            row["version"] or "-",
+            ", ".join(row["provides"]) or "-",
+            ", ".join(row["hooks"]),
+        )
+    console.print(table)
+
+
+@main.group()
+def keys() -> None:
+    """Manage app API keys (works on the store directly; run where fnhost's config is)."""
+
+
+@keys.command("create")
+@click.argument("app_id")
+@click.option("--name", default="", help="A label for the key.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_create(ctx: click.Context, app_id: str, name: str, as_json: bool) -> None:
+    """Create an API key for APP_ID; the key is printed once."""
+    from fnhost.platform import Platform
+
+    config = _config(ctx.obj["config_path"])
+
+    async def create() -> tuple[str, str]:
+        platform = Platform(config)
+        await platform.store.start()
+        try:
+            key, secret = await platform.keys.create_app_key(app_id, name)
+            return key.id, secret
+        finally:
+            await platform.store.stop()
+
+    try:
+        key_id, secret = asyncio.run(create())
+    except FnhostError as exc:
+        fail(exc.message)
+        return
+    if as_json:
+        click.echo(json.dumps({"id": key_id, "app_id": app_id, "key": secret}))
+    else:
+        console.print(
+            f"API key for app [bold]{app_id}[/] (id {key_id}; shown once):", highlight=False
+        )
+        console.print(f"  [bold]{secret}[/]", highlight=False)
+
+
+# -- client side ---------------------------------------------------------------------
+
+from fnhost.cli_client import register_client_commands  # noqa: E402
+
+register_client_commands(main)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Use cases: deploy, get, list, delete, patch env, invoke, logs, metrics.
+
+The service owns validation, encryption and invocation records; the store and
+runtime plugins own mechanism.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fnhost.errors import Conflict, InvalidField, NotFound, TooLarge
+from fnhost.models import (
+    FunctionMetrics,
+    FunctionSpec,
+    InvocationRecord,
+    InvocationRequest,
+    InvocationResult,
+    LogQuery,
+    StoredFunction,
+    TriggerSpec,
+)
+from fnhost.names import check_app_id, check_env_name, check_function_name
+from fnhost.records import RecordWriter
+from fnhost.schemas import DeployRequest, TriggerBody
+
+if TYPE_CHECKING:
+    from fnhost.platform import Platform
+
+log = logging.getLogger("fnhost.service")
+
+MAX_DEPLOY_RETRIES = 5
+MAX_ENV_VARS = 100
+MAX_ENV_VALUE_BYTES = 32 * 1024
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class FunctionService:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.records = RecordWriter(platform)
+        self._specs: dict[tuple[str, str], FunctionSpec] = {}
+
+    async def start(self) -> None:
+        self.platform.cipher.load()
+        await self.records.start()
+
+    async def stop(self) -> None:
+        await self.records.stop()
+
+    # -- deploy, read, delete ------------------------------------------------------
+
+    async def deploy(self, app_id: str, request: DeployRequest) -> tuple[StoredFunction, bool]:
+        """Create or update a function; return it and whether it was created.
+
+        The code is checked by the runtime before anything is stored, so a
+        rejected deploy leaves the stored function untouched.
+        """
+        check_app_id(app_id)
+        check_function_name(request.name)
+        max_code = self.platform.config.server.max_code_bytes
+        if len(request.code.encode()) > max_code:
+            raise TooLarge(f"code: larger than {max_code} bytes", {"field": "code"})
+        if not request.code.strip():
+            raise InvalidField("code: must not be empty", {"field": "code"})
+        triggers = self._validate_triggers(request)
+        env = self._validate_env(request.env_vars or {}) if request.env_vars is not None else None
+        for _ in range(MAX_DEPLOY_RETRIES):
+            current = await self.platform.store.get_function(app_id, request.name)
+            now = utcnow()
+            encrypted_env = (
+                {k: self.platform.cipher.encrypt(v) for k, v in env.items()}
+                if env is not None
+                else (current.encrypted_env if current else {})
+            )
+            function = StoredFunction(
+                app_id=app_id,
+                name=request.name,
+                code=request.code,
+                description=request.description or "",
+                triggers=triggers,
+                timeout_ms=request.timeout_ms,
+                memory_limit_mb=request.memory_limit_mb,
+                env_var_names=tuple(sorted(encrypted_env)),
+                encrypted_env=encrypted_env,
+                version=current.version + 1 if current else 1,
+                revision=current.revision + 1 if current else 1,
+                created_at=current.created_at if current else now,
+                updated_at=now,
+            )
+            await self.platform.runtime.check(self.spec_of(function))
+            try:
+                await self.platform.store.save_function(
+                    function, current.revision if current else None
+                )
+            except Conflict:
+                continue  # a concurrent deploy won; build on top of it
+            await self.platform.notify(
+                "fnhost_function_deployed", platform=self.platform, function=function
+            )
+            return function, current is None
+        raise Conflict("the function is being changed concurrently; retry")
+
+    def _validate_triggers(self, request: DeployRequest) -> tuple[TriggerSpec, ...]:
+        if request.triggers is not None:
+            bodies, field = request.triggers, "triggers"
+        elif request.trigger is not None:
+            bodies, field = [request.trigger], "trigger"
+        else:
+            bodies, field = [TriggerBody(type="http")], "trigger"
+        if not bodies:
+            raise InvalidField("triggers: at least one trigger is required", {"field": field})
+        seen: set[str] = set()
+        specs = []
+        for index, body in enumerate(bodies):
+            where = f"{field}[{index}]" if field == "triggers" else field
+            trigger = self.platform.triggers.get(body.type)
+            if trigger is None:
+                known = ", ".join(sorted(self.platform.triggers))
+                raise InvalidField(
+                    f"{where}.type: unknown trigger type {body.type!r} (known: {known})",
+                    {"field": f"{where}.type"},
+                )
+            if body.type in seen:
+                raise InvalidField(
+                    f"{where}.type: at most one {body.type!r} trigger per function",
+                    {"field": f"{where}.type"},
+                )
+            seen.add(body.type)
+            specs.append(TriggerSpec(body.type, trigger.validate(body.config, f"{where}.config")))
+        return tuple(specs)
+
+    def _validate_env(self, env: dict[str, Any], field: str = "envVars") -> dict[str, Any]:
+        if len(env) > MAX_ENV_VARS:
+            raise InvalidField(f"{field}: at most {MAX_ENV_VARS} env vars", {"field": field})
+        for key, value in env.items():
+            check_env_name(key, f"{field}.{key}")
+            if value is not None and len(value.encode()) > MAX_ENV_VALUE_BYTES:
+                raise TooLarge(
+                    f"{field}.{key}: value larger than {MAX_ENV_VALUE_BYTES} bytes",
+                    {"field": f"{field}.{key}"},
+                )
+        return env
+
+    async def get(self, app_id: str, name: str) -> StoredFunction:
+        check_app_id(app_id)
+        function = await self.platform.store.get_function(app_id, name)
+        if function is None:
+            raise NotFound(f"function {name!r} not found in app {app_id!r}")
+        return function
+
+    async def list(self, app_id: str) -> list[StoredFunction]:
+        check_app_id(app_id)
+        return await self.platform.store.list_functions(app_id)
+
+    async def delete(self, app_id: str, name: str) -> None:
+        function = await self.get(app_id, name)
+        if not await self.platform.store.delete_function(app_id, name):
+            raise NotFound(f"function {name!r} not found in app {app_id!r}")
+        self._specs.pop((app_id, name), None)
+        await self.platform.runtime.evict(function)
+        await self.platform.notify(
+            "fnhost_function_deleted", platform=self.platform, function=function
+        )
+
+    async def patch_env(
+        self, app_id: str, name: str, changes: dict[str, str | None]
+    ) -> StoredFunction:
+        """Merge env vars; a None value removes the key. Takes effect on the next call."""
+        self._validate_env(changes, "env")
+        for _ in range(MAX_DEPLOY_RETRIES):
+            current = await self.get(app_id, name)
+            encrypted = dict(current.encrypted_env)
+            for key, value in changes.items():
+                if value is None:
+                    encrypted.pop(key, None)
+                else:
+                    encrypted[key] = self.platform.cipher.encrypt(value)
+            if len(encrypted) > MAX_ENV_VARS:
+                raise InvalidField(f"env: at most {MAX_ENV_VARS} env vars", {"field": "env"})
+            function = msgspec.structs.replace(
+                current,
+                encrypted_env=encrypted,
+                env_var_names=tuple(sorted(encrypted)),
+                revision=current.revision + 1,
+                updated_at=utcnow(),
+            )
+            try:
+                await self.platform.store.save_function(function, current.revision)
+            except Conflict:
+                continue
+            await self.platform.notify(
+                "fnhost_function_deployed", platform=self.platform, function=function
+            )
+            return function
+        raise Conflict("the function is being changed concurrently; retry")
+
+    # -- invocations ----------------------------------------------------------------
+
+    def spec_of(self, function: StoredFunction) -> FunctionSpec:
+        """The runnable form of a function: env decrypted, cached per revision."""
+        key = (function.app_id, function.name)
+        cached = self._specs.get(key)
+        if cached is not None and cached.revision == function.revision:
+            return cached
+        fields = msgspec.structs.asdict(function)
+        encrypted = fields.pop("encrypted_env")
+        spec = FunctionSpec(
+            **fields, env={k: self.platform.cipher.decrypt(v) for k, v in encrypted.items()}
+        )
+        self._specs[key] = spec
+        return spec
+
+    async def invoke(
+        self,
+        function: StoredFunction,
+        request: InvocationRequest,
+        *,
+        trigger: str,
+        path: str,
+    ) -> tuple[InvocationResult, InvocationRecord]:
+        """Run one invocation and record it (every outcome, exactly once)."""
+        started = utcnow()
+        clock = time.perf_counter()
+        try:
+            result = await self.platform.runtime.invoke(self.spec_of(function), request)
+        except TooLarge:
+            raise
+        except Exception as exc:
+            # A runtime bug must not lose the record nor leak a traceback to the caller.
+            log.exception(
+                "runtime %s failed to invoke %s/%s",
+                self.platform.runtime.name,
+                function.app_id,
+                function.name,
+            )
+            result = InvocationResult(
+                outcome="crash", error=f"runtime failure: {type(exc).__name__}"
+            )
+        if not result.duration_ms:
+            result.duration_ms = (time.perf_counter() - clock) * 1000
+        record = InvocationRecord(
+            id=request.invocation_id,
+            app_id=function.app_id,
+            function_name=function.name,
+            function_version=function.version,
+            timestamp=started,
+            trigger=trigger,
+            method=request.method,
+            path=path,
+            status_code=caller_status(result),
+            duration_ms=round(result.duration_ms, 3),
+            memory_mb=round(result.memory_mb, 1),
+            error=result.error if result.outcome != "ok" else None,
+            level="info" if result.outcome == "ok" else "error",
+            logs=tuple(result.logs),
+        )
+        await self.records.append(record)
+        await self.platform.notify(
+            "fnhost_invocation_finished", platform=self.platform, function=function, record=record
+        )
+        return result, record
+
+    async def logs(self, app_id: str, name: str, query: LogQuery) -> list[InvocationRecord]:
+        await self.get(app_id, name)
+        return await self.platform.store.query_invocations(app_id, name, query)
+
+    async def metrics(self, app_id: str, name: str) -> FunctionMetrics:
+        return await self.platform.store.function_metrics(app_id, name)
+
+
+OUTCOME_STATUS = {"error": 500, "bad_return": 500, "timeout": 504, "memory": 502, "crash": 502}
+
+
+def caller_status(result: InvocationResult) -> int:
+    """The status the caller sees: the function's own, or the one its failure maps to."""
+    return result.status_code if result.outcome == "ok" else OUTCOME_STATUS[result.outcome]
+
+
+def new_invocation_id() -> str:
+    return uuid.uuid4().hex

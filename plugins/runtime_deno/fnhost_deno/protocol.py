@@ -1,0 +1,117 @@
+"""The frames exchanged with a Deno worker over its stdin/stdout.
+
+A frame is `u32 BE header length | u32 BE body length | JSON header | raw body`: the
+header is a small msgspec-encoded message, the body stays raw bytes (no base64), so a
+binary request or response body crosses the pipe untouched. `bootstrap.ts` is the other
+end of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgspec
+
+from fnhost.models import LogLine, Outcome
+
+PREFIX = struct.Struct(">II")
+
+
+class ProtocolError(Exception):
+    """The worker sent something that is not a valid frame; it cannot be trusted further."""
+
+
+# ---- fnhost -> worker ---------------------------------------------------------------
+
+
+class Init(msgspec.Struct, tag="init", tag_field="t"):
+    """First frame: the module to import and the function's own env vars."""
+
+    module: str  # file:// URL of the function's code
+    env: dict[str, str]
+    body_limit: int
+    frame_limit: int
+
+
+class Invoke(msgspec.Struct, tag="invoke", tag_field="t"):
+    id: int
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    trigger: dict[str, Any]
+    user: dict[str, Any] | None
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="t"):
+    """The invocation is past its timeout: abort it and answer with its logs so far."""
+
+    id: int
+
+
+# ---- worker -> fnhost ---------------------------------------------------------------
+
+
+class Ready(msgspec.Struct, tag="ready", tag_field="t"):
+    rss: int = 0
+
+
+class LoadError(msgspec.Struct, tag="load_error", tag_field="t"):
+    message: str
+
+
+class Result(msgspec.Struct, tag="result", tag_field="t"):
+    id: int
+    outcome: Outcome
+    status: int = 200
+    headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    error: str | None = None
+    logs: list[LogLine] = msgspec.field(default_factory=list)
+    rss: int = 0  # worker RSS in bytes after the call
+    pending: bool = False  # waitUntil work still running; a Settled frame follows
+
+
+class Cancelled(msgspec.Struct, tag="cancelled", tag_field="t"):
+    id: int
+    logs: list[LogLine] = msgspec.field(default_factory=list)
+
+
+class Settled(msgspec.Struct, tag="settled", tag_field="t"):
+    """Every waitUntil promise of that invocation has settled."""
+
+    id: int
+
+
+WorkerMessage = Ready | LoadError | Result | Cancelled | Settled
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(WorkerMessage)
+
+
+def encode(message: Init | Invoke | Cancel, body: bytes = b"") -> bytes:
+    """One frame, ready to write. The body is appended without copying it twice."""
+    header = _encoder.encode(message)
+    return b"".join((PREFIX.pack(len(header), len(body)), header, body))
+
+
+async def read_message(
+    stream: asyncio.StreamReader, frame_limit: int
+) -> tuple[WorkerMessage, bytes] | None:
+    """The next message and its body, or None at end of stream."""
+    try:
+        prefix = await stream.readexactly(PREFIX.size)
+    except asyncio.IncompleteReadError:
+        return None
+    header_length, body_length = PREFIX.unpack(prefix)
+    if header_length + body_length > frame_limit:
+        raise ProtocolError(f"frame of {header_length + body_length} bytes exceeds the limit")
+    try:
+        header = await stream.readexactly(header_length)
+        body = await stream.readexactly(body_length) if body_length else b""
+    except asyncio.IncompleteReadError:
+        return None
+    try:
+        return _decoder.decode(header), body
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed frame header: {exc}") from None

@@ -1,0 +1,384 @@
+"""One warm Deno process running one function revision, with many invocations in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fnhost.errors import Unavailable
+from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult, LogLine
+
+from fnhost_deno.protocol import (
+    Cancel,
+    Cancelled,
+    Init,
+    Invoke,
+    LoadError,
+    ProtocolError,
+    Ready,
+    Result,
+    Settled,
+    WorkerMessage,
+    encode,
+    read_message,
+)
+from fnhost_deno.sandbox import deno_command, deno_environment, set_parent_death_signal
+
+MiB = 1024 * 1024
+MEMORY_ERROR = "memory limit exceeded"
+# Past its timeout an invocation is cancelled; a worker that does not answer the cancel
+# within this grace is stuck in synchronous code and is killed.
+UNRESPONSIVE_GRACE_SECONDS = 1.0
+STDERR_TAIL_BYTES = 4096
+OOM_MARKERS = (b"out of memory", b"Reached heap limit")
+_PATH = re.compile(r"(?:file://)?(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker of one runtime shares."""
+
+    deno: str
+    bootstrap: Path
+    workdir: Path
+    deno_dir: Path
+    body_limit: int
+    frame_limit: int
+    rss_allowance_mb: int
+
+
+@dataclass(frozen=True)
+class Death:
+    """Why a worker is gone: the outcome its calls in flight get, and the message."""
+
+    outcome: Literal["crash", "memory"]
+    message: str
+
+
+class WorkerLoadFailed(Exception):
+    """The module could not be loaded: refused code (`crashed` False) or a dead worker."""
+
+    def __init__(self, message: str, crashed: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.crashed = crashed
+
+
+@dataclass
+class _Call:
+    future: asyncio.Future[InvocationResult]
+    timeout_ms: int
+    timed_out: bool = False
+    grace: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class DenoWorker:
+    """A Deno process for one function revision. `launch()` starts it, `ready()` waits
+    for the module to load; then `invoke()` runs calls concurrently until `stop()`."""
+
+    function: FunctionSpec
+    settings: WorkerSettings
+    code_dir: Path
+    last_used: float = field(default_factory=time.monotonic)
+    _process: asyncio.subprocess.Process | None = None
+    _loaded: asyncio.Future[WorkerMessage | Death] | None = None
+    _start_task: asyncio.Task[None] | None = None
+    _reader_task: asyncio.Task[None] | None = None
+    _stderr_task: asyncio.Task[None] | None = None
+    _death: Death | None = None
+    _stderr_tail: bytes = b""
+    _calls: dict[int, _Call] = field(default_factory=dict)
+    _background: dict[int, float] = field(default_factory=dict)  # id -> deadline
+    _quiet: asyncio.Event = field(default_factory=asyncio.Event)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    # ---- state -------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        return self._death is None
+
+    @property
+    def busy(self) -> bool:
+        """Calls in flight, or waitUntil work not past its deadline."""
+        if self._background:
+            now = time.monotonic()
+            for key in [k for k, deadline in self._background.items() if deadline <= now]:
+                del self._background[key]
+        return bool(self._calls or self._background)
+
+    def runs(self, function: FunctionSpec) -> bool:
+        """Whether this worker runs exactly that code, env and memory limit."""
+        mine = self.function
+        return (
+            mine.code == function.code
+            and mine.env == function.env
+            and mine.memory_limit_mb == function.memory_limit_mb
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def launch(self, timeout: float) -> None:
+        """Start the process and the module load in the background (once)."""
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self._start(timeout))
+
+    async def ready(self) -> None:
+        """Wait for the module to be loaded; raise `WorkerLoadFailed` if it was not."""
+        assert self._start_task is not None, "launch() first"
+        await asyncio.shield(self._start_task)
+
+    async def _start(self, timeout: float) -> None:
+        code_file = self.code_dir / "handler.ts"
+        self.code_dir.mkdir(parents=True, exist_ok=True)
+        code_file.write_text(self.function.code)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *deno_command(self.settings, code_file, self.function.memory_limit_mb),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=deno_environment(self.settings),
+                cwd=self.settings.workdir,
+                start_new_session=True,  # its own process group, killed as a whole
+                preexec_fn=set_parent_death_signal(),
+            )
+        except OSError as exc:
+            self._death = Death("crash", f"cannot start deno: {exc.strerror or exc}")
+            shutil.rmtree(self.code_dir, ignore_errors=True)
+            raise Unavailable(self._death.message) from None
+        self._loaded = asyncio.get_running_loop().create_future()
+        self._stderr_task = asyncio.create_task(self._collect_stderr())
+        self._reader_task = asyncio.create_task(self._read_frames())
+        init = Init(
+            module=code_file.as_uri(),
+            env=dict(self.function.env),
+            body_limit=self.settings.body_limit,
+            frame_limit=self.settings.frame_limit,
+        )
+        self._write(encode(init))
+        done, _ = await asyncio.wait({self._loaded}, timeout=timeout)
+        if not done:
+            self.kill(Death("crash", "the module did not finish loading"))
+            raise WorkerLoadFailed(f"the module did not finish loading within {timeout:g} s")
+        loaded = self._loaded.result()
+        if isinstance(loaded, LoadError):
+            self.kill(Death("crash", "the module failed to load"))
+            raise WorkerLoadFailed(loaded.message)
+        if isinstance(loaded, Death):
+            if loaded.outcome == "memory":
+                raise WorkerLoadFailed(f"{MEMORY_ERROR} while loading the module")
+            raise WorkerLoadFailed(f"the worker died while loading the module: {loaded.message}", crashed=True)
+
+    def kill(self, death: Death) -> None:
+        """Kill the process group at once; calls in flight end with `death`."""
+        if self._death is None:
+            self._death = death
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Kill the process and wait until it is reaped."""
+        self.kill(Death("crash", "the worker was stopped"))
+        if self._start_task is not None:
+            with contextlib.suppress(Exception):
+                await self._start_task
+        if self._reader_task is not None:
+            await asyncio.shield(self._reader_task)
+
+    async def drain_and_stop(self) -> None:
+        """Let calls in flight (and waitUntil work, up to its deadline) end, then stop."""
+        if self._start_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._start_task)
+        while self.alive and self.busy:
+            self._quiet.clear()
+            wait = None
+            if not self._calls and self._background:
+                wait = max(0.0, min(self._background.values()) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), wait)
+        await self.stop()
+
+    # ---- invocations -------------------------------------------------------------
+
+    async def invoke(self, request: InvocationRequest, timeout_ms: int) -> InvocationResult:
+        """Run one call on this worker; failures are outcomes, never exceptions."""
+        if self._death is not None:
+            return InvocationResult(outcome=self._death.outcome, error=self._death.message)
+        loop = asyncio.get_running_loop()
+        call_id = next(self._ids)
+        call = _Call(loop.create_future(), timeout_ms)
+        self._calls[call_id] = call
+        self.last_used = time.monotonic()
+        started = time.perf_counter()
+        timer = loop.call_later(timeout_ms / 1000, self._time_out, call_id)
+        message = Invoke(
+            id=call_id,
+            method=request.method,
+            url=request.url,
+            headers=request.headers,
+            trigger=request.trigger,
+            user=request.user,
+        )
+        try:
+            self._write(encode(message, request.body))
+            if self._process is not None and self._process.stdin is not None:
+                with contextlib.suppress(ConnectionError):
+                    await self._process.stdin.drain()
+            result = await call.future
+        except asyncio.CancelledError:
+            # The caller went away: let the worker abort the call and forget it.
+            self._write(encode(Cancel(id=call_id)))
+            raise
+        finally:
+            timer.cancel()
+            if call.grace is not None:
+                call.grace.cancel()
+            self._calls.pop(call_id, None)
+            self.last_used = time.monotonic()
+            if not self.busy:
+                self._quiet.set()
+        result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        return result
+
+    def _time_out(self, call_id: int) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.future.done():
+            return
+        call.timed_out = True
+        self._write(encode(Cancel(id=call_id)))
+        loop = asyncio.get_running_loop()
+        call.grace = loop.call_later(UNRESPONSIVE_GRACE_SECONDS, self._check_responsive, call_id)
+
+    def _check_responsive(self, call_id: int) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and not call.future.done():
+            self.kill(Death("crash", "the worker was stopped: a call blocked it past its timeout"))
+
+    def _timeout_result(self, call: _Call, logs: list[LogLine]) -> InvocationResult:
+        error = f"function timed out after {call.timeout_ms} ms"
+        return InvocationResult(outcome="timeout", error=error, logs=logs)
+
+    def check_memory(self) -> None:
+        """Kill the worker if its resident memory is over the function's limit."""
+        if self._process is None or self._death is not None:
+            return
+        try:
+            with open(f"/proc/{self._process.pid}/statm", "rb") as statm:
+                rss = int(statm.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return
+        if rss > self._memory_threshold:
+            self.kill(Death("memory", MEMORY_ERROR))
+
+    @property
+    def _memory_threshold(self) -> int:
+        return (self.function.memory_limit_mb + self.settings.rss_allowance_mb) * MiB
+
+    # ---- transport ---------------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        stdin = self._process.stdin if self._process else None
+        if stdin is None or stdin.is_closing() or self._death is not None:
+            return
+        stdin.write(frame)
+
+    async def _read_frames(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        try:
+            while item := await read_message(self._process.stdout, self.settings.frame_limit):
+                self._dispatch(*item)
+        except ProtocolError as exc:
+            self.kill(Death("crash", f"the worker broke the protocol: {exc}"))
+        death = await self._wait_exit()
+        self._death = death
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.set_result(death)
+        for call in list(self._calls.values()):
+            if not call.future.done():
+                if call.timed_out:
+                    call.future.set_result(self._timeout_result(call, []))
+                else:
+                    call.future.set_result(InvocationResult(outcome=death.outcome, error=death.message))
+        self._background.clear()
+        self._quiet.set()
+        shutil.rmtree(self.code_dir, ignore_errors=True)
+
+    def _dispatch(self, message: WorkerMessage, body: bytes) -> None:
+        if isinstance(message, Result):
+            call = self._calls.get(message.id)
+            if message.pending:
+                deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
+                self._background[message.id] = deadline
+            if call is None or call.future.done():
+                return
+            if call.timed_out:
+                call.future.set_result(self._timeout_result(call, message.logs))
+            elif message.rss > self._memory_threshold:
+                self.kill(Death("memory", MEMORY_ERROR))
+                call.future.set_result(InvocationResult(outcome="memory", error=MEMORY_ERROR))
+            else:
+                call.future.set_result(
+                    InvocationResult(
+                        outcome=message.outcome,
+                        status_code=message.status,
+                        headers=message.headers,
+                        body=body,
+                        error=message.error,
+                        logs=message.logs,
+                        memory_mb=round(message.rss / MiB, 1),
+                    )
+                )
+        elif isinstance(message, Cancelled):
+            call = self._calls.get(message.id)
+            if call is not None and not call.future.done():
+                call.future.set_result(self._timeout_result(call, message.logs))
+        elif isinstance(message, Settled):
+            self._background.pop(message.id, None)
+            if not self.busy:
+                self._quiet.set()
+        elif self._loaded is not None and not self._loaded.done():
+            self._loaded.set_result(message)
+
+    async def _collect_stderr(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        while chunk := await self._process.stderr.read(STDERR_TAIL_BYTES):
+            self._stderr_tail = (self._stderr_tail + chunk)[-STDERR_TAIL_BYTES:]
+
+    async def _wait_exit(self) -> Death:
+        assert self._process is not None
+        returncode = await self._process.wait()
+        if self._stderr_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
+        if self._death is not None:
+            return self._death
+        if any(marker in self._stderr_tail for marker in OOM_MARKERS):
+            return Death("memory", MEMORY_ERROR)
+        if returncode < 0:
+            reason = f"worker killed by signal {signal.Signals(-returncode).name}"
+        else:
+            reason = f"worker exited with code {returncode}"
+        last_line = self._last_stderr_line()
+        return Death("crash", f"{reason}: {last_line}" if last_line else reason)
+
+    def _last_stderr_line(self) -> str:
+        lines = self._stderr_tail.decode(errors="replace").strip().splitlines()
+        return _PATH.sub(r"\1", lines[-1].strip())[:500] if lines else ""

@@ -1,0 +1,69 @@
+"""Building the async engine: the default SQLite location, SQLite pragmas, MySQL charset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# The execution option a connection carries to choose how a SQLite transaction begins.
+SQLITE_BEGIN = "fnhost_sqlite_begin"
+# How long a SQLite writer waits for another writer before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def default_url(data_dir: str | Path) -> str:
+    """`<data_dir>/fnhost.db` on SQLite, the store's URL when none is configured."""
+    return f"sqlite+aiosqlite:///{Path(data_dir) / 'fnhost.db'}"
+
+
+def build_engine(url: str, *, pool_size: int, echo: bool) -> AsyncEngine:
+    """An engine for `url`. Does no I/O except creating a SQLite file's parent directory."""
+    parsed = make_url(url)
+    options: dict[str, Any] = {"echo": echo, "pool_pre_ping": parsed.get_backend_name() != "sqlite"}
+    if parsed.get_backend_name() in ("mysql", "mariadb") and "charset" not in parsed.query:
+        # Without it the connection may be latin1 or 3-byte utf8, which cannot hold emoji.
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    if parsed.get_backend_name() == "sqlite":
+        if _is_file_database(parsed):
+            Path(parsed.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+            options["pool_size"] = pool_size
+        engine = create_async_engine(parsed, **options)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(parsed, pool_size=pool_size, **options)
+
+
+def _is_file_database(url: URL) -> bool:
+    database = url.database or ""
+    return database not in ("", ":memory:") and not database.startswith("file::memory:")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL (readers never block the writer), NORMAL sync (no fsync per commit in WAL, still
+    crash-safe), a busy timeout, foreign keys, and transactions that SQLAlchemy begins itself.
+
+    The sqlite3 module's own transaction handling skips BEGIN before SELECT and DDL, which
+    breaks transactional migrations; write transactions begin IMMEDIATE so two writers
+    queue on the busy timeout instead of failing when a read lock cannot be upgraded.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(connection.get_execution_options().get(SQLITE_BEGIN, "BEGIN"))

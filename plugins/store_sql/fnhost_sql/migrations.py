@@ -1,0 +1,98 @@
+"""Schema versions: an ordered list of steps, applied once each, under a database lock.
+
+`schema_version` holds one row per applied step. A release that changes the schema
+appends a step; it never edits an applied one. Several fnhost processes may start
+against one PostgreSQL or MySQL at the same moment, so the steps run under the
+database's own lock and each process re-reads the version once it holds the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fnhost_sql import tables
+from fnhost_sql.engine import SQLITE_BEGIN
+
+Step = Callable[[AsyncConnection], Awaitable[None]]
+
+# An arbitrary constant both for pg_advisory_xact_lock and as the MySQL GET_LOCK name.
+LOCK_ID = 7_270_031_337
+MYSQL_LOCK_NAME = "fnhost_schema_migration"
+MYSQL_LOCK_TIMEOUT_S = 60
+
+
+async def create_initial_schema(connection: AsyncConnection) -> None:
+    """Version 1: every table of `tables.py` as first released.
+
+    When a later release changes `tables.py`, copy this version's table definitions
+    here first, so that a fresh database still passes through every step in order.
+    """
+    await connection.run_sync(
+        lambda sync: tables.metadata.create_all(
+            sync, tables=[t for t in tables.metadata.sorted_tables if t is not tables.schema_version]
+        )
+    )
+
+
+# Index i holds the step that brings the schema to version i + 1.
+STEPS: list[Step] = [create_initial_schema]
+LATEST_VERSION = len(STEPS)
+
+
+async def migrate(engine: AsyncEngine) -> list[int]:
+    """Bring the database to `LATEST_VERSION`; return the versions this call applied."""
+    backend = engine.dialect.name
+    if backend == "sqlite":
+        sqlite_engine = engine.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+        async with sqlite_engine.begin() as connection:
+            return await _apply_missing_steps(connection)
+    if backend == "postgresql":
+        async with engine.begin() as connection:
+            # Held until this transaction ends; PostgreSQL DDL is transactional, so a
+            # failed step leaves nothing behind.
+            await connection.execute(select(func.pg_advisory_xact_lock(LOCK_ID)))
+            return await _apply_missing_steps(connection)
+    if backend in tables.MYSQL:
+        return await _migrate_mysql(engine)
+    async with engine.begin() as connection:
+        return await _apply_missing_steps(connection)
+
+
+async def _migrate_mysql(engine: AsyncEngine) -> list[int]:
+    # MySQL commits implicitly around DDL, so a transaction cannot serialise the steps:
+    # a named session lock does, and each step must be safe to re-run after a crash.
+    async with engine.connect() as connection:
+        acquired = await connection.scalar(
+            text("SELECT GET_LOCK(:name, :timeout)"),
+            {"name": MYSQL_LOCK_NAME, "timeout": MYSQL_LOCK_TIMEOUT_S},
+        )
+        if acquired != 1:
+            raise TimeoutError(
+                f"another fnhost process held the schema lock for {MYSQL_LOCK_TIMEOUT_S}s"
+            )
+        try:
+            applied = await _apply_missing_steps(connection)
+            await connection.commit()
+            return applied
+        finally:
+            await connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": MYSQL_LOCK_NAME})
+            await connection.commit()
+
+
+async def _apply_missing_steps(connection: AsyncConnection) -> list[int]:
+    await connection.run_sync(
+        lambda sync: tables.schema_version.create(sync, checkfirst=True)
+    )
+    current = await connection.scalar(select(func.max(tables.schema_version.c.version))) or 0
+    applied = []
+    for version in range(current + 1, LATEST_VERSION + 1):
+        await STEPS[version - 1](connection)
+        await connection.execute(
+            insert(tables.schema_version).values(version=version, applied_at=datetime.now(UTC))
+        )
+        applied.append(version)
+    return applied

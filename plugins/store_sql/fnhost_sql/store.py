@@ -1,0 +1,332 @@
+"""`SqlStore`: the bundled store, on SQLite (default), PostgreSQL or MariaDB/MySQL."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from sqlalchemy import Insert, Table, delete, insert, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fnhost.contracts import Store
+from fnhost.errors import Conflict, Unavailable
+from fnhost.models import (
+    ApiKey,
+    App,
+    FunctionMetrics,
+    InvocationRecord,
+    LogQuery,
+    StoredFunction,
+)
+from fnhost_sql import convert, queries
+from fnhost_sql.engine import SQLITE_BEGIN, build_engine, default_url
+from fnhost_sql.migrations import migrate
+from fnhost_sql.tables import (
+    MYSQL,
+    api_keys,
+    apps,
+    env_vars,
+    function_versions,
+    functions,
+    invocations,
+)
+
+if TYPE_CHECKING:
+    from fnhost.platform import Platform
+
+
+class SqlStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[store.sql]`: where the database is and how many connections to keep."""
+
+    # None: SQLite at <server.data_dir>/fnhost.db.
+    url: str | None = None
+    pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
+    echo: bool = False  # log every SQL statement
+
+
+class SqlStore(Store):
+    """Keeps everything in one SQL database through SQLAlchemy's async engine."""
+
+    name = "sql"
+    Config = SqlStoreConfig
+
+    def __init__(self, config: SqlStoreConfig, platform: Platform) -> None:
+        super().__init__(config, platform)
+        self.url = config.url or default_url(platform.config.server.data_dir)
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The started engine (for tests and plugins that need raw SQL on this database)."""
+        if self._engine is None:
+            raise RuntimeError("the sql store is not started")
+        return self._engine
+
+    async def start(self) -> None:
+        self._engine = build_engine(self.url, pool_size=self.config.pool_size, echo=self.config.echo)
+        try:
+            await migrate(self._engine)
+        except (OperationalError, InterfaceError, OSError) as exc:
+            await self._engine.dispose()
+            self._engine = None
+            where = make_url(self.url).render_as_string(hide_password=True)
+            raise Unavailable(f"store: cannot open database {where}: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a read transaction, so several selects see one snapshot."""
+        try:
+            async with self.engine.connect() as connection:
+                yield connection
+        except (OperationalError, InterfaceError) as exc:
+            raise Unavailable(f"store: {exc.orig or exc}") from exc
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed on exit; on SQLite it takes the write lock first."""
+        engine = self.engine.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+        try:
+            async with engine.begin() as connection:
+                yield connection
+        except (OperationalError, InterfaceError) as exc:
+            raise Unavailable(f"store: {exc.orig or exc}") from exc
+
+    # functions
+
+    async def save_function(self, function: StoredFunction, expected_revision: int | None) -> None:
+        values = convert.function_values(function)
+        where = _function_key(function.app_id, function.name)
+        try:
+            async with self._writing() as connection:
+                if expected_revision is None:
+                    await connection.execute(insert(functions).values(values))
+                else:
+                    result = await connection.execute(
+                        update(functions)
+                        .where(*where, functions.c.revision == expected_revision)
+                        .values(values)
+                    )
+                    if result.rowcount == 0:
+                        raise Conflict(
+                            f"function {function.name!r} changed concurrently "
+                            f"(expected revision {expected_revision})",
+                            {"app_id": function.app_id, "name": function.name},
+                        )
+                    await connection.execute(delete(env_vars).where(*_env_key(function)))
+                if function.encrypted_env:
+                    await connection.execute(insert(env_vars), convert.env_values(function))
+                await _keep_version(connection, function)
+        except IntegrityError:
+            raise Conflict(
+                f"function {function.name!r} already exists",
+                {"app_id": function.app_id, "name": function.name},
+            ) from None
+
+    async def get_function(self, app_id: str, name: str) -> StoredFunction | None:
+        async with self._reading() as connection:
+            row = (
+                (await connection.execute(select(functions).where(*_function_key(app_id, name))))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            env = await connection.execute(
+                select(env_vars.c.key, env_vars.c.ciphertext).where(
+                    env_vars.c.app_id == app_id, env_vars.c.function_name == name
+                )
+            )
+            return convert.function_from_row(row, {key: ciphertext for key, ciphertext in env})
+
+    async def list_functions(self, app_id: str | None = None) -> list[StoredFunction]:
+        function_query = select(functions).order_by(functions.c.app_id, functions.c.name)
+        env_query = select(env_vars)
+        if app_id is not None:
+            function_query = function_query.where(functions.c.app_id == app_id)
+            env_query = env_query.where(env_vars.c.app_id == app_id)
+        async with self._reading() as connection:
+            rows = (await connection.execute(function_query)).mappings().all()
+            env_rows = (await connection.execute(env_query)).mappings().all()
+        env_by_function: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+        for env_row in env_rows:
+            key = (env_row["app_id"], env_row["function_name"])
+            env_by_function[key][env_row["key"]] = env_row["ciphertext"]
+        return [
+            convert.function_from_row(row, env_by_function.get((row["app_id"], row["name"]), {}))
+            for row in rows
+        ]
+
+    async def delete_function(self, app_id: str, name: str) -> bool:
+        async with self._writing() as connection:
+            await connection.execute(
+                delete(invocations).where(
+                    invocations.c.app_id == app_id,
+                    invocations.c.function_name == name,
+                )
+            )
+            await connection.execute(
+                delete(env_vars).where(env_vars.c.app_id == app_id, env_vars.c.function_name == name)
+            )
+            await connection.execute(
+                delete(function_versions).where(
+                    function_versions.c.app_id == app_id, function_versions.c.name == name
+                )
+            )
+            result = await connection.execute(
+                delete(functions).where(*_function_key(app_id, name))
+            )
+            return bool(result.rowcount)
+
+    # invocation records
+
+    async def append_invocations(self, records: list[InvocationRecord]) -> None:
+        if not records:
+            return
+        try:
+            async with self._writing() as connection:
+                await connection.execute(
+                    insert(invocations), [convert.record_values(r) for r in records]
+                )
+        except IntegrityError:
+            raise Conflict("an invocation record with this id is already stored") from None
+
+    async def query_invocations(
+        self, app_id: str, name: str, query: LogQuery
+    ) -> list[InvocationRecord]:
+        async with self._reading() as connection:
+            result = await connection.execute(queries.logs_statement(app_id, name, query))
+            return [convert.record_from_row(row) for row in result.mappings()]
+
+    async def function_metrics(self, app_id: str, name: str) -> FunctionMetrics:
+        async with self._reading() as connection:
+            totals = (await connection.execute(queries.totals_statement(app_id, name))).one()
+            count, errors, average, last = totals
+            if not count:
+                return FunctionMetrics()
+            p50, p95 = [
+                float(
+                    await connection.scalar(
+                        queries.duration_at_rank_statement(
+                            app_id, name, queries.nearest_rank_offset(count, percentile)
+                        )
+                    )
+                    or 0.0
+                )
+                for percentile in (50, 95)
+            ]
+        return FunctionMetrics(
+            total_invocations=int(count),
+            error_count=int(errors or 0),
+            error_rate=round(int(errors or 0) * 100 / int(count), 2),
+            avg_duration_ms=float(average or 0.0),
+            p50_duration_ms=p50,
+            p95_duration_ms=p95,
+            last_invocation=last,
+        )
+
+    # apps and keys
+
+    async def get_app(self, app_id: str) -> App | None:
+        async with self._reading() as connection:
+            row = (
+                (await connection.execute(select(apps).where(apps.c.id == app_id)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else convert.app_from_row(row)
+
+    async def save_app(self, app: App) -> None:
+        async with self._writing() as connection:
+            await connection.execute(
+                _upsert(connection, apps, convert.app_values(app), ("created_at", "settings"))
+            )
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        try:
+            async with self._writing() as connection:
+                await connection.execute(insert(api_keys).values(convert.api_key_values(key)))
+        except IntegrityError:
+            raise Conflict("an api key with this id or hash already exists") from None
+
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
+        async with self._reading() as connection:
+            row = (
+                (await connection.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else convert.api_key_from_row(row)
+
+    async def list_api_keys(self, app_id: str | None = None) -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if app_id is not None:
+            query = query.where(api_keys.c.app_id == app_id)
+        async with self._reading() as connection:
+            rows = (await connection.execute(query)).mappings().all()
+        return [convert.api_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        async with self._writing() as connection:
+            # A key revoked twice keeps the time it was first revoked.
+            await connection.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            found = await connection.scalar(select(api_keys.c.id).where(api_keys.c.id == key_id))
+        return found is not None
+
+
+def _function_key(app_id: str, name: str) -> tuple[Any, Any]:
+    return functions.c.app_id == app_id, functions.c.name == name
+
+
+def _env_key(function: StoredFunction) -> tuple[Any, Any]:
+    return env_vars.c.app_id == function.app_id, env_vars.c.function_name == function.name
+
+
+async def _keep_version(connection: AsyncConnection, function: StoredFunction) -> None:
+    """Add the function's current version to its history unless it is already there (an env
+    change saves the function with the same version)."""
+    known = await connection.scalar(
+        select(function_versions.c.version).where(
+            function_versions.c.app_id == function.app_id,
+            function_versions.c.name == function.name,
+            function_versions.c.version == function.version,
+        )
+    )
+    if known is None:
+        await connection.execute(insert(function_versions).values(convert.version_values(function)))
+
+
+def _upsert(
+    connection: AsyncConnection, table: Table, values: dict[str, Any], replace: Sequence[str]
+) -> Insert:
+    """INSERT, or UPDATE of the `replace` columns when the primary key exists: in one
+    statement, so two concurrent saves cannot both insert."""
+    dialect = connection.dialect.name
+    if dialect in MYSQL:
+        mysql_insert = mysql.insert(table).values(values)
+        return mysql_insert.on_duplicate_key_update(
+            {column: mysql_insert.inserted[column] for column in replace}
+        )
+    dialect_insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if dialect_insert is None:
+        raise NotImplementedError(f"sql store: no upsert for dialect {dialect!r}")
+    statement = dialect_insert(table).values(values)
+    return statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={column: statement.excluded[column] for column in replace},
+    )
