@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -141,7 +142,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     for kind in ("runtime", "store", "trigger"):
         for name, provided in getattr(registry, kind + "s").items():
             provides.setdefault(provided.plugin_name, []).append(f"{kind} {name}")
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": info.name,
             "distribution": info.distribution,

@@ -13,7 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from fnhost.contracts import Runtime, Store, Trigger
-    from fnhost.models import FunctionInfo, InvocationRecord
+    from fnhost.models import FunctionDefinition, InvocationRecord
     from fnhost.platform import Platform
 
 PROJECT = "fnhost"
@@ -22,22 +22,22 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def fnhost_runtimes() -> list[type[Runtime]]:
+def fnhost_runtimes() -> list[type[Runtime]]:  # type: ignore[empty-body]
     """Return the runtime classes this plugin provides, each with a unique `name`."""
 
 
 @hookspec
-def fnhost_stores() -> list[type[Store]]:
+def fnhost_stores() -> list[type[Store]]:  # type: ignore[empty-body]
     """Return the store classes this plugin provides, each with a unique `name`."""
 
 
 @hookspec
-def fnhost_triggers() -> list[type[Trigger]]:
+def fnhost_triggers() -> list[type[Trigger]]:  # type: ignore[empty-body]
     """Return the trigger classes this plugin provides; each validates its own config."""
 
 
 @hookspec
-def fnhost_routes(app_config: Any) -> list[Any]:
+def fnhost_routes(app_config: Any) -> list[Any]:  # type: ignore[empty-body]
     """Return extra Litestar route handlers or routers (HTTP or WebSocket) to mount.
 
     `app_config` is the fnhost `Config`; handlers find the platform at
@@ -56,17 +56,17 @@ def fnhost_shutdown(platform: Platform) -> Any:
 
 
 @hookspec
-def fnhost_function_deployed(platform: Platform, function: FunctionInfo) -> Any:
+def fnhost_function_deployed(platform: Platform, function: FunctionDefinition) -> Any:
     """Called after a function was created, updated or had its env changed."""
 
 
 @hookspec
-def fnhost_function_deleted(platform: Platform, function: FunctionInfo) -> Any:
+def fnhost_function_deleted(platform: Platform, function: FunctionDefinition) -> Any:
     """Called after a function was deleted; its triggers must stop at once."""
 
 
 @hookspec
 def fnhost_invocation_finished(
-    platform: Platform, function: FunctionInfo, record: InvocationRecord
+    platform: Platform, function: FunctionDefinition, record: InvocationRecord
 ) -> Any:
     """Called after each invocation was recorded, whatever its trigger or outcome."""

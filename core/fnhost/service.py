@@ -157,7 +157,7 @@ class FunctionService:
             raise NotFound(f"function {name!r} not found in app {app_id!r}")
         return function
 
-    async def list(self, app_id: str) -> list[StoredFunction]:
+    async def list_functions(self, app_id: str) -> list[StoredFunction]:
         check_app_id(app_id)
         return await self.platform.store.list_functions(app_id)
 

@@ -12,7 +12,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from fnhost import __version__
-from fnhost.api.calls import call_function
+from fnhost.api.calls import call_function, call_function_path
 from fnhost.api.errors import EXCEPTION_HANDLERS
 from fnhost.api.functions import FunctionsController
 from fnhost.config import Config, load_config
@@ -55,7 +55,13 @@ def create_app(
         for handler in handlers or []
     ]
     app = Litestar(
-        route_handlers=[health, FunctionsController, call_function, *plugin_routes],
+        route_handlers=[
+            health,
+            FunctionsController,
+            call_function,
+            call_function_path,
+            *plugin_routes,
+        ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=platform.config.server.max_body_bytes,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, route
+import msgspec
+from litestar import Request, route
 from litestar.enums import HttpMethod
+from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 
-from fnhost.api.errors import error_response
 from fnhost.api.state import platform_of
 from fnhost.errors import NotFound, TooLarge
 from fnhost.models import InvocationRequest
@@ -53,15 +54,33 @@ ALL_METHODS = [
 ]
 
 
-@route(
-    ["/v1/{app_id:str}/fn/{name:str}", "/v1/{app_id:str}/fn/{name:str}/{subpath:path}"],
-    http_method=ALL_METHODS,
-    summary="Call a deployed function (any method); the request reaches it as is",
-    tags=["calls"],
-)
+PUBLIC_CALL = {
+    "http_method": ALL_METHODS,
+    "tags": ["calls"],
+    "summary": "Call a deployed function (any method); the request reaches it as is",
+}
+
+
+@route("/v1/{app_id:str}/fn/{name:str}", **PUBLIC_CALL)  # type: ignore[arg-type]
 async def call_function(
-    request: Request[Any, Any, Any], app_id: str, name: str, subpath: str = "/"
-) -> ASGIResponse | Response[Any]:
+    request: Request[Any, Any, Any], app_id: FromPath[str], name: FromPath[str]
+) -> ASGIResponse:
+    return await run_public_call(request, app_id, name, "/")
+
+
+@route("/v1/{app_id:str}/fn/{name:str}/{subpath:path}", **PUBLIC_CALL)  # type: ignore[arg-type]
+async def call_function_path(
+    request: Request[Any, Any, Any],
+    app_id: FromPath[str],
+    name: FromPath[str],
+    subpath: FromPath[str],
+) -> ASGIResponse:
+    return await run_public_call(request, app_id, name, subpath)
+
+
+async def run_public_call(
+    request: Request[Any, Any, Any], app_id: str, name: str, subpath: str
+) -> ASGIResponse:
     platform = platform_of(request)
     check_app_id(app_id)
     function = await platform.service.get(app_id, name)
@@ -71,28 +90,29 @@ async def call_function(
     method = request.method.upper()
     allowed = http.config.get("method")
     if allowed and method != allowed:
-        return error_response(
+        return json_response(
             405,
-            f"method {method} not allowed; this function accepts {allowed}",
-            headers={"Allow": allowed},
+            {"error": f"method {method} not allowed; this function accepts {allowed}"},
+            [("allow", allowed)],
         )
     limit = platform.config.server.max_body_bytes
     body = await request.body()
     if len(body) > limit:
         raise TooLarge(f"request body larger than {limit} bytes")
+    path = subpath if subpath.startswith("/") else "/" + subpath
     invocation = InvocationRequest(
         invocation_id=new_invocation_id(),
         method=method,
-        url=_function_url(request, subpath),
+        url=_function_url(request, path),
         headers=_forwarded_headers(request),
         body=body,
         trigger={"type": "http"},
     )
-    path = subpath if subpath.startswith("/") else "/" + subpath
     result, record = await platform.service.invoke(function, invocation, trigger="http", path=path)
     if result.outcome != "ok":
-        return error_response(
-            record.status_code, FAILURE_MESSAGES[result.outcome], {"invocationId": record.id}
+        return json_response(
+            record.status_code,
+            {"error": FAILURE_MESSAGES[result.outcome], "detail": {"invocationId": record.id}},
         )
     headers = [
         (k, v)
@@ -100,7 +120,7 @@ async def call_function(
         if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
     ]
     return ASGIResponse(
-        body=result.body,
+        body=b"" if method == "HEAD" else result.body,
         status_code=result.status_code,
         headers=headers,
         media_type="application/octet-stream",  # only when the function set no Content-Type
@@ -108,9 +128,19 @@ async def call_function(
     )
 
 
-def _function_url(request: Request[Any, Any, Any], subpath: str) -> str:
+def json_response(
+    status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None
+) -> ASGIResponse:
+    return ASGIResponse(
+        body=msgspec.json.encode(body),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _function_url(request: Request[Any, Any, Any], path: str) -> str:
     host = request.headers.get("host", "localhost")
-    path = subpath if subpath.startswith("/") else "/" + subpath
     query = request.scope.get("query_string", b"").decode("latin-1")
     return f"{request.url.scheme}://{host}{path}" + (f"?{query}" if query else "")
 

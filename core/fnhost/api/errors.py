@@ -75,12 +75,17 @@ def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException)
     if message.startswith("Object missing required field"):
         field = message.rsplit(" ", 1)[-1]
         return error_response(400, f"{field}: required", {"field": field})
-    if key in ("", "data") or source not in ("body", None):
-        where = f"{source} parameter {key}" if source not in ("body", None) else "request body"
-        return error_response(
-            400, f"{where}: {message[0].lower()}{message[1:]}", {"field": key or None}
-        )
-    return error_response(422, f"{key}: {message[0].lower()}{message[1:]}", {"field": key})
+    text = f"{message[0].lower()}{message[1:]}"
+    if source not in ("body", None):
+        return error_response(400, f"{source} parameter {key}: {text}", {"field": key})
+    if key in ("", "data"):
+        # The whole body: the wrong shape is bad input; a bad value inside it is invalid.
+        if message.startswith("Expected") and not message.startswith(
+            ("Expected object", "Expected array")
+        ):
+            return error_response(422, f"request body: {text}", None)
+        return error_response(400, "request body: expected a JSON object", None)
+    return error_response(422, f"{key}: {text}", {"field": key})
 
 
 def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

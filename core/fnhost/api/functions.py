@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from fnhost.api.auth import require_app_access
 from fnhost.api.state import platform_of
@@ -26,6 +26,8 @@ from fnhost.schemas import (
 from fnhost.service import new_invocation_id
 
 Request_ = Request[Any, Any, Any]
+AppId = FromPath[str]
+Name = FromPath[str]
 
 
 class FunctionsController(Controller):
@@ -36,7 +38,7 @@ class FunctionsController(Controller):
 
     @post("/", summary="Deploy or update a function", status_code=200)
     async def deploy(
-        self, request: Request_, app_id: str, data: DeployRequest
+        self, request: Request_, app_id: AppId, data: JSONBody[DeployRequest]
     ) -> Response[FunctionView]:
         platform = platform_of(request)
         function, created = await platform.service.deploy(app_id, data)
@@ -44,14 +46,14 @@ class FunctionsController(Controller):
         return Response(view, status_code=201 if created else 200)
 
     @get("/", summary="List functions (without code)")
-    async def list_functions(self, request: Request_, app_id: str) -> FunctionList:
+    async def list_functions(self, request: Request_, app_id: AppId) -> FunctionList:
         platform = platform_of(request)
-        functions = await platform.service.list(app_id)
+        functions = await platform.service.list_functions(app_id)
         base = str(request.base_url)
         return FunctionList([function_view(platform, f, base) for f in functions])
 
     @get("/{name:str}", summary="Function details, with code and metrics")
-    async def details(self, request: Request_, app_id: str, name: str) -> FunctionView:
+    async def details(self, request: Request_, app_id: AppId, name: Name) -> FunctionView:
         platform = platform_of(request)
         function = await platform.service.get(app_id, name)
         metrics = await platform.service.metrics(app_id, name)
@@ -60,12 +62,16 @@ class FunctionsController(Controller):
         )
 
     @delete("/{name:str}", summary="Delete a function with its versions, env vars and logs")
-    async def remove(self, request: Request_, app_id: str, name: str) -> None:
+    async def remove(self, request: Request_, app_id: AppId, name: Name) -> None:
         await platform_of(request).service.delete(app_id, name)
 
     @patch("/{name:str}/env", summary="Merge env vars; a null value removes a key")
     async def patch_env(
-        self, request: Request_, app_id: str, name: str, data: dict[str, str | None]
+        self,
+        request: Request_,
+        app_id: AppId,
+        name: Name,
+        data: JSONBody[dict[str, str | None]],
     ) -> FunctionView:
         platform = platform_of(request)
         function = await platform.service.patch_env(app_id, name, data)
@@ -75,11 +81,11 @@ class FunctionsController(Controller):
     async def logs(
         self,
         request: Request_,
-        app_id: str,
-        name: str,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-        since: datetime | None = None,
-        level: Annotated[str, Parameter(pattern="^(info|error)$")] = "info",
+        app_id: AppId,
+        name: Name,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+        since: FromQuery[datetime | None] = None,
+        level: Annotated[str, QueryParameter(pattern="^(info|error)$")] = "info",
     ) -> LogList:
         if since is not None and since.tzinfo is None:
             raise InvalidField(
@@ -93,7 +99,7 @@ class FunctionsController(Controller):
         "/{name:str}/invoke", summary="Test-invoke a function (any trigger type)", status_code=200
     )
     async def invoke(
-        self, request: Request_, app_id: str, name: str, data: InvokeRequest
+        self, request: Request_, app_id: AppId, name: Name, data: JSONBody[InvokeRequest]
     ) -> InvokeResponse:
         platform = platform_of(request)
         function = await platform.service.get(app_id, name)

@@ -255,8 +255,10 @@ class StoreContract:
         await store.save_function(make_function(name="a", encrypted_env={"K": "gAAAA-1"}), None)
         await store.save_function(make_function(name="b", encrypted_env={"K": "gAAAA-2"}), None)
         await store.save_function(make_function("app2", "a", encrypted_env={"K": "gAAAA-3"}), None)
-        found = [await store.get_function(app, name) for app, name in
-                 (("app1", "a"), ("app1", "b"), ("app2", "a"))]
+        found = [
+            await store.get_function(app, name)
+            for app, name in (("app1", "a"), ("app1", "b"), ("app2", "a"))
+        ]
         assert [f.encrypted_env["K"] for f in found if f] == ["gAAAA-1", "gAAAA-2", "gAAAA-3"]
 
     async def test_long_ciphertext(self, store: Store) -> None:
@@ -272,12 +274,22 @@ class StoreContract:
         assert await store.list_functions("app1") == []
 
     async def test_list_is_ordered_by_app_then_name(self, store: Store) -> None:
-        for app_id, name in (("b-app", "zeta"), ("a-app", "mid"), ("b-app", "alpha"),
-                             ("a-app", "alpha"), ("a-app", "zeta")):
+        for app_id, name in (
+            ("b-app", "zeta"),
+            ("a-app", "mid"),
+            ("b-app", "alpha"),
+            ("a-app", "alpha"),
+            ("a-app", "zeta"),
+        ):
             await store.save_function(make_function(app_id, name), None)
         listed = [(f.app_id, f.name) for f in await store.list_functions()]
-        assert listed == [("a-app", "alpha"), ("a-app", "mid"), ("a-app", "zeta"),
-                          ("b-app", "alpha"), ("b-app", "zeta")]
+        assert listed == [
+            ("a-app", "alpha"),
+            ("a-app", "mid"),
+            ("a-app", "zeta"),
+            ("b-app", "alpha"),
+            ("b-app", "zeta"),
+        ]
 
     async def test_list_filters_by_app(self, store: Store) -> None:
         await store.save_function(make_function("app1", "one"), None)
@@ -468,8 +480,9 @@ class StoreContract:
 
     async def test_query_level_error_returns_failed_only(self, store: Store) -> None:
         records = [
-            make_record(n, level="error" if n % 3 == 0 else "info",
-                        error="boom" if n % 3 == 0 else None)
+            make_record(
+                n, level="error" if n % 3 == 0 else "info", error="boom" if n % 3 == 0 else None
+            )
             for n in range(10)
         ]
         await store.append_invocations(records)
@@ -539,17 +552,13 @@ class StoreContract:
         await store.append_invocations([make_record(1, duration_ms=7.25)])
         metrics = await store.function_metrics("app1", "hello")
         assert (metrics.p50_duration_ms, metrics.p95_duration_ms) == (7.25, 7.25)
-        await store.append_invocations(
-            [make_record(n, duration_ms=float(n)) for n in (2, 3, 4)]
-        )
+        await store.append_invocations([make_record(n, duration_ms=float(n)) for n in (2, 3, 4)])
         # Durations 2, 3, 4, 7.25: nearest rank 2 for p50, rank 4 for p95.
         metrics = await store.function_metrics("app1", "hello")
         assert (metrics.p50_duration_ms, metrics.p95_duration_ms) == (3.0, 7.25)
 
     async def test_metrics_error_rate(self, store: Store) -> None:
-        await store.append_invocations(
-            [make_record(n, level="error", error="x") for n in range(2)]
-        )
+        await store.append_invocations([make_record(n, level="error", error="x") for n in range(2)])
         metrics = await store.function_metrics("app1", "hello")
         assert (metrics.error_count, metrics.error_rate) == (2, 100.0)
         await store.append_invocations([make_record(n) for n in range(2, 8)])
@@ -580,8 +589,14 @@ class StoreContract:
         app = App(
             id="app1",
             created_at=T0,
-            settings={"require_token": True, "jwt": {"issuer": "me", "audiences": ["a", "b"]},
-                      "limit": 10, "ratio": 0.5, "note": "ünï 🚀", "nothing": None},
+            settings={
+                "require_token": True,
+                "jwt": {"issuer": "me", "audiences": ["a", "b"]},
+                "limit": 10,
+                "ratio": 0.5,
+                "note": "ünï 🚀",
+                "nothing": None,
+            },
         )
         await store.save_app(app)
         stored = await store.get_app("app1")

@@ -1,0 +1,1 @@
+"""fnhost-deno: the "deno" runtime, running functions in warm Deno worker processes."""

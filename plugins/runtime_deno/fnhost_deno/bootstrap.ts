@@ -31,32 +31,38 @@ const decoder = new TextDecoder();
 const exit = Deno.exit;
 const inspect = Deno.inspect;
 const memoryUsage = Deno.memoryUsage;
-const output = Deno.stdout.writable.getWriter();
+const stdout = Deno.stdout;
 const input = Deno.stdin.readable.getReader();
 const storage = new AsyncLocalStorage<Invocation>();
 const invocations = new Map<number, Invocation>();
 
 let handler: (req: Request, ctx: unknown) => unknown;
 let ctxEnv: Readonly<Record<string, string>> = Object.freeze({});
-let moduleUrl = "";
-let bodyLimit = 10 * 1024 * 1024;
-let frameLimit = 12 * 1024 * 1024;
+let bodyLimit = 0;
+let frameLimit = 0;
 
 // ---- framing ----------------------------------------------------------------------
 
-function send(header: Header, body: Uint8Array = EMPTY): Promise<void> {
-  return sendEncoded(encoder.encode(JSON.stringify(header)), body);
+// Synchronous on purpose: a frame is written whole before any other code runs, so frames
+// of concurrent invocations never interleave, and it costs a third of the CPU of a stream
+// write. fnhost reads the pipe continuously, so a full pipe only waits for fnhost.
+function writeAll(data: Uint8Array): void {
+  let offset = 0;
+  while (offset < data.length) offset += stdout.writeSync(data.subarray(offset));
 }
 
-function sendEncoded(head: Uint8Array, body: Uint8Array): Promise<void> {
+function send(header: Header, body: Uint8Array = EMPTY): void {
+  sendEncoded(encoder.encode(JSON.stringify(header)), body);
+}
+
+function sendEncoded(head: Uint8Array, body: Uint8Array): void {
   const frame = new Uint8Array(8 + head.length);
   const view = new DataView(frame.buffer);
   view.setUint32(0, head.length);
   view.setUint32(4, body.length);
   frame.set(head, 8);
-  // Both writes are queued in one tick, so frames of concurrent invocations never interleave.
-  const written = output.write(frame);
-  return body.length ? output.write(body) : written;
+  writeAll(frame);
+  if (body.length) writeAll(body);
 }
 
 const chunks: Uint8Array[] = [];
@@ -109,11 +115,17 @@ async function receive(): Promise<[Header, Uint8Array] | null> {
 // ---- paths and messages -----------------------------------------------------------
 
 // Host paths never leave the worker: the function's file is "handler.ts" to the user.
+const hostPaths: [string, string][] = [];
+
+function hidePathsOf(url: string, replacement: string): void {
+  hostPaths.push([url, replacement], [decodeURIComponent(new URL(url).pathname), replacement]);
+}
+
+hidePathsOf(import.meta.url, "fnhost:bootstrap");
+
 function neutral(text: string): string {
-  if (!moduleUrl) return text;
-  const path = decodeURIComponent(new URL(moduleUrl).pathname);
-  return text.replaceAll(moduleUrl, "handler.ts").replaceAll(path, "handler.ts")
-    .replace(/(?:file:\/\/)?\/[^\s()'"]*\/bootstrap\.ts/g, "fnhost:bootstrap");
+  for (const [path, replacement] of hostPaths) text = text.replaceAll(path, replacement);
+  return text;
 }
 
 function errorMessage(error: unknown): string {
@@ -300,18 +312,44 @@ function installSandbox(): void {
   Object.defineProperty(Deno, "stdout", { value: standardStream("info") });
   Object.defineProperty(Deno, "stderr", { value: standardStream("error") });
   Object.defineProperty(Deno, "exit", { value: refuse("Deno.exit()") });
-  const process = (globalThis as { process?: Record<string, unknown> }).process;
+  const process = (globalThis as unknown as { process?: Record<string, unknown> }).process;
   if (process) {
     Object.defineProperty(process, "exit", { value: refuse("process.exit()") });
     for (const [name, level] of [["stdout", "info"], ["stderr", "error"]] as const) {
       const stream = standardStream(level);
       Object.defineProperty(process, name, {
-        value: { write: (chunk: string | Uint8Array) => {
-          stream.writeSync(typeof chunk === "string" ? encoder.encode(chunk) : chunk);
-          return true;
-        }, isTTY: false },
+        value: {
+          write: (chunk: string | Uint8Array) => {
+            stream.writeSync(typeof chunk === "string" ? encoder.encode(chunk) : chunk);
+            return true;
+          },
+          isTTY: false,
+        },
       });
     }
+  }
+  // A throwing timer callback is logged in the invocation that set the timer (the
+  // global "error" event below has lost track of it by then).
+  for (const name of ["setTimeout", "setInterval"] as const) {
+    const schedule = globalThis[name] as unknown as (
+      callback: unknown,
+      ...rest: unknown[]
+    ) => number;
+    Object.defineProperty(globalThis, name, {
+      value: (callback: unknown, ...rest: unknown[]) =>
+        schedule(
+          typeof callback !== "function" ? callback : (...args: unknown[]) => {
+            try {
+              callback(...args);
+            } catch (error) {
+              log("error", `Uncaught ${formatError(error)}`);
+            }
+          },
+          ...rest,
+        ),
+      writable: true,
+      configurable: true,
+    });
   }
   // Deno exits on an uncaught error or unhandled rejection; one function call must not
   // take down the calls it shares the worker with, so they become log lines.
@@ -345,7 +383,8 @@ function loadError(error: unknown): string {
 }
 
 async function load(header: Header): Promise<void> {
-  moduleUrl = String(header.module);
+  const moduleUrl = String(header.module);
+  hidePathsOf(moduleUrl.slice(0, moduleUrl.lastIndexOf("/") + 1), ""); // its directory
   bodyLimit = Number(header.body_limit);
   frameLimit = Number(header.frame_limit);
   installEnv(header.env as Record<string, string>);
@@ -355,16 +394,16 @@ async function load(header: Header): Promise<void> {
   try {
     module = await import(moduleUrl);
   } catch (error) {
-    await send({ t: "load_error", message: loadError(error) });
+    send({ t: "load_error", message: loadError(error) });
     return exit(1);
   }
   if (typeof module.default !== "function") {
     const got = "default" in module ? `; the default export is ${describe(module.default)}` : "";
-    await send({ t: "load_error", message: `the module has no default export function${got}` });
+    send({ t: "load_error", message: `the module has no default export function${got}` });
     return exit(1);
   }
   handler = module.default as typeof handler;
-  await send({ t: "ready", rss: memoryUsage().rss });
+  send({ t: "ready", rss: memoryUsage().rss });
 }
 
 // ---- invocations ------------------------------------------------------------------
@@ -396,14 +435,14 @@ async function readBody(response: Response): Promise<Uint8Array | null> {
 
 async function call(invocation: Invocation, header: Header, body: Uint8Array): Promise<void> {
   let result: Header;
-  let resultBody = EMPTY;
+  let resultBody: Uint8Array = EMPTY;
   try {
     const method = String(header.method);
     const hasBody = method !== "GET" && method !== "HEAD";
     const request = new Request(String(header.url), {
       method,
       headers: header.headers as [string, string][],
-      body: hasBody && body.length ? body : undefined,
+      body: hasBody && body.length ? (body as Uint8Array<ArrayBuffer>) : undefined,
       signal: invocation.controller.signal,
     });
     const ctx = {
@@ -443,9 +482,9 @@ function finish(invocation: Invocation, result: Header, body: Uint8Array): void 
   const head = encoder.encode(JSON.stringify(header));
   if (8 + head.length + body.length > frameLimit) {
     const error = "response too large (body, headers and logs exceed the frame limit)";
-    void send({ t: "result", id: invocation.id, outcome: "error", error, logs: [], rss, pending });
+    send({ t: "result", id: invocation.id, outcome: "error", error, logs: [], rss, pending });
   } else {
-    void sendEncoded(head, body);
+    sendEncoded(head, body);
   }
   if (pending) {
     void Promise.allSettled(invocation.waits).then(() => send({ t: "settled", id: invocation.id }));
@@ -479,13 +518,13 @@ function start(header: Header, body: Uint8Array): void {
 function cancel(id: number): void {
   const invocation = invocations.get(id);
   if (!invocation) {
-    void send({ t: "cancelled", id, logs: [] });
+    send({ t: "cancelled", id, logs: [] });
     return;
   }
   invocation.finished = true;
   invocations.delete(id);
   invocation.controller.abort(new DOMException("the invocation timed out", "TimeoutError"));
-  void send({ t: "cancelled", id, logs: invocation.logs });
+  send({ t: "cancelled", id, logs: invocation.logs });
 }
 
 async function main(): Promise<void> {

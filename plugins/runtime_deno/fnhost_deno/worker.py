@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
 import re
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from fnhost.errors import Unavailable
 from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult, LogLine
-
 from fnhost_deno.protocol import (
     Cancel,
     Cancelled,
@@ -24,7 +23,6 @@ from fnhost_deno.protocol import (
     Invoke,
     LoadError,
     ProtocolError,
-    Ready,
     Result,
     Settled,
     WorkerMessage,
@@ -51,6 +49,7 @@ class WorkerSettings:
     deno: str
     bootstrap: Path
     workdir: Path
+    functions_dir: Path
     deno_dir: Path
     body_limit: int
     frame_limit: int
@@ -82,26 +81,27 @@ class _Call:
     grace: asyncio.TimerHandle | None = None
 
 
-@dataclass
 class DenoWorker:
     """A Deno process for one function revision. `launch()` starts it, `ready()` waits
     for the module to load; then `invoke()` runs calls concurrently until `stop()`."""
 
-    function: FunctionSpec
-    settings: WorkerSettings
-    code_dir: Path
-    last_used: float = field(default_factory=time.monotonic)
-    _process: asyncio.subprocess.Process | None = None
-    _loaded: asyncio.Future[WorkerMessage | Death] | None = None
-    _start_task: asyncio.Task[None] | None = None
-    _reader_task: asyncio.Task[None] | None = None
-    _stderr_task: asyncio.Task[None] | None = None
-    _death: Death | None = None
-    _stderr_tail: bytes = b""
-    _calls: dict[int, _Call] = field(default_factory=dict)
-    _background: dict[int, float] = field(default_factory=dict)  # id -> deadline
-    _quiet: asyncio.Event = field(default_factory=asyncio.Event)
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    def __init__(self, function: FunctionSpec, settings: WorkerSettings) -> None:
+        self.function = function
+        self.settings = settings
+        self.last_used = time.monotonic()
+        self._process: asyncio.subprocess.Process | None = None
+        self._loaded: asyncio.Future[WorkerMessage | Death] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._retire_task: asyncio.Task[None] | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._death: Death | None = None
+        self._stderr_tail = b""
+        self._waiting = 0  # calls waiting for the module to load
+        self._calls: dict[int, _Call] = {}
+        self._background: dict[int, float] = {}  # call id -> deadline of its waitUntil work
+        self._quiet = asyncio.Event()  # set when nothing is in flight
+        self._ids = itertools.count()
 
     # ---- state -------------------------------------------------------------------
 
@@ -115,12 +115,12 @@ class DenoWorker:
 
     @property
     def busy(self) -> bool:
-        """Calls in flight, or waitUntil work not past its deadline."""
+        """Calls waiting or in flight, or waitUntil work not past its deadline."""
         if self._background:
             now = time.monotonic()
             for key in [k for k, deadline in self._background.items() if deadline <= now]:
                 del self._background[key]
-        return bool(self._calls or self._background)
+        return bool(self._waiting or self._calls or self._background)
 
     def runs(self, function: FunctionSpec) -> bool:
         """Whether this worker runs exactly that code, env and memory limit."""
@@ -133,20 +133,26 @@ class DenoWorker:
 
     # ---- lifecycle ---------------------------------------------------------------
 
-    def launch(self, timeout: float) -> None:
+    def launch(self, load_seconds: float) -> None:
         """Start the process and the module load in the background (once)."""
         if self._start_task is None:
-            self._start_task = asyncio.ensure_future(self._start(timeout))
+            self._start_task = asyncio.ensure_future(self._start(load_seconds))
 
     async def ready(self) -> None:
         """Wait for the module to be loaded; raise `WorkerLoadFailed` if it was not."""
         assert self._start_task is not None, "launch() first"
-        await asyncio.shield(self._start_task)
+        if not self._start_task.done():
+            # Counted as busy meanwhile, so the worker is not retired under the caller.
+            self._waiting += 1
+            try:
+                await asyncio.shield(self._start_task)
+            finally:
+                self._waiting -= 1
+                self._note_progress()
+        self._start_task.result()
 
-    async def _start(self, timeout: float) -> None:
-        code_file = self.code_dir / "handler.ts"
-        self.code_dir.mkdir(parents=True, exist_ok=True)
-        code_file.write_text(self.function.code)
+    async def _start(self, load_seconds: float) -> None:
+        code_file = self._write_code()
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *deno_command(self.settings, code_file, self.function.memory_limit_mb),
@@ -160,8 +166,9 @@ class DenoWorker:
             )
         except OSError as exc:
             self._death = Death("crash", f"cannot start deno: {exc.strerror or exc}")
-            shutil.rmtree(self.code_dir, ignore_errors=True)
             raise Unavailable(self._death.message) from None
+        if self._death is not None:  # stopped while the process was being spawned
+            self.kill(self._death)
         self._loaded = asyncio.get_running_loop().create_future()
         self._stderr_task = asyncio.create_task(self._collect_stderr())
         self._reader_task = asyncio.create_task(self._read_frames())
@@ -172,10 +179,10 @@ class DenoWorker:
             frame_limit=self.settings.frame_limit,
         )
         self._write(encode(init))
-        done, _ = await asyncio.wait({self._loaded}, timeout=timeout)
+        done, _ = await asyncio.wait({self._loaded}, timeout=load_seconds)
         if not done:
             self.kill(Death("crash", "the module did not finish loading"))
-            raise WorkerLoadFailed(f"the module did not finish loading within {timeout:g} s")
+            raise WorkerLoadFailed(f"the module did not finish loading within {load_seconds:g} s")
         loaded = self._loaded.result()
         if isinstance(loaded, LoadError):
             self.kill(Death("crash", "the module failed to load"))
@@ -183,7 +190,24 @@ class DenoWorker:
         if isinstance(loaded, Death):
             if loaded.outcome == "memory":
                 raise WorkerLoadFailed(f"{MEMORY_ERROR} while loading the module")
-            raise WorkerLoadFailed(f"the worker died while loading the module: {loaded.message}", crashed=True)
+            raise WorkerLoadFailed(
+                f"the worker died while loading the module: {loaded.message}", crashed=True
+            )
+
+    def _write_code(self) -> Path:
+        """The function's code as a file named by its hash: written once, shared by the
+        revisions that only differ in env, and stable for Deno's transpile cache."""
+        function = self.function
+        digest = hashlib.sha256(function.code.encode()).hexdigest()[:24]
+        code_file = (
+            self.settings.functions_dir / function.app_id / function.name / digest / "handler.ts"
+        )
+        if not code_file.exists():
+            code_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = code_file.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(function.code)
+            partial.replace(code_file)  # atomic: a worker loading it never sees half a file
+        return code_file
 
     def kill(self, death: Death) -> None:
         """Kill the process group at once; calls in flight end with `death`."""
@@ -202,24 +226,33 @@ class DenoWorker:
         if self._reader_task is not None:
             await asyncio.shield(self._reader_task)
 
-    async def drain_and_stop(self) -> None:
-        """Let calls in flight (and waitUntil work, up to its deadline) end, then stop."""
-        if self._start_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._start_task)
+    def retire(self) -> asyncio.Task[None]:
+        """Drain then stop, in the background (once): calls in flight end normally and
+        waitUntil work gets up to its deadline. The task ends when the process is reaped."""
+        if self._retire_task is None:
+            self._retire_task = asyncio.ensure_future(self._drain_and_stop())
+        return self._retire_task
+
+    async def _drain_and_stop(self) -> None:
         while self.alive and self.busy:
             self._quiet.clear()
             wait = None
-            if not self._calls and self._background:
+            if not (self._waiting or self._calls):
                 wait = max(0.0, min(self._background.values()) - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._quiet.wait(), wait)
         await self.stop()
 
+    def _note_progress(self) -> None:
+        if not self.busy:
+            self._quiet.set()
+
     # ---- invocations -------------------------------------------------------------
 
     async def invoke(self, request: InvocationRequest, timeout_ms: int) -> InvocationResult:
-        """Run one call on this worker; failures are outcomes, never exceptions."""
+        """Run one call once the module is loaded (raise `WorkerLoadFailed` if it is not).
+        Failures of the call itself are outcomes, never exceptions."""
+        await self.ready()
         if self._death is not None:
             return InvocationResult(outcome=self._death.outcome, error=self._death.message)
         loop = asyncio.get_running_loop()
@@ -253,8 +286,7 @@ class DenoWorker:
                 call.grace.cancel()
             self._calls.pop(call_id, None)
             self.last_used = time.monotonic()
-            if not self.busy:
-                self._quiet.set()
+            self._note_progress()
         result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return result
 
@@ -309,6 +341,8 @@ class DenoWorker:
             self.kill(Death("crash", f"the worker broke the protocol: {exc}"))
         death = await self._wait_exit()
         self._death = death
+        if self._process.stdin is not None:
+            self._process.stdin.close()  # else the transport outlives the loop, unclosed
         if self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(death)
         for call in list(self._calls.values()):
@@ -316,10 +350,11 @@ class DenoWorker:
                 if call.timed_out:
                     call.future.set_result(self._timeout_result(call, []))
                 else:
-                    call.future.set_result(InvocationResult(outcome=death.outcome, error=death.message))
+                    call.future.set_result(
+                        InvocationResult(outcome=death.outcome, error=death.message)
+                    )
         self._background.clear()
         self._quiet.set()
-        shutil.rmtree(self.code_dir, ignore_errors=True)
 
     def _dispatch(self, message: WorkerMessage, body: bytes) -> None:
         if isinstance(message, Result):
@@ -352,8 +387,7 @@ class DenoWorker:
                 call.future.set_result(self._timeout_result(call, message.logs))
         elif isinstance(message, Settled):
             self._background.pop(message.id, None)
-            if not self.busy:
-                self._quiet.set()
+            self._note_progress()
         elif self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(message)
 

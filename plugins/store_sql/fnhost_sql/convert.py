@@ -5,10 +5,10 @@ Rows never leave the plugin: every store method answers with these Structs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+from sqlalchemy.engine import RowMapping
 
 from fnhost.models import ApiKey, App, InvocationRecord, LogLine, StoredFunction, TriggerSpec
 
@@ -16,6 +16,7 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 _triggers_decoder = msgspec.json.Decoder(tuple[TriggerSpec, ...])
 _logs_decoder = msgspec.json.Decoder(tuple[LogLine, ...])
 _settings_decoder = msgspec.json.Decoder(dict[str, Any])
+_env_decoder = msgspec.json.Decoder(dict[str, str])
 
 
 def to_json(value: Any) -> str:
@@ -67,7 +68,9 @@ def env_values(function: StoredFunction) -> list[dict[str, Any]]:
     ]
 
 
-def function_from_row(row: Mapping[str, Any], encrypted_env: dict[str, str]) -> StoredFunction:
+def function_from_row(row: RowMapping) -> StoredFunction:
+    """A function from a row of `queries.functions_statement` (its env as a JSON object)."""
+    encrypted_env = _env_decoder.decode(row["encrypted_env"]) if row["encrypted_env"] else {}
     return StoredFunction(
         app_id=row["app_id"],
         name=row["name"],
@@ -104,7 +107,7 @@ def record_values(record: InvocationRecord) -> dict[str, Any]:
     }
 
 
-def record_from_row(row: Mapping[str, Any]) -> InvocationRecord:
+def record_from_row(row: RowMapping) -> InvocationRecord:
     return InvocationRecord(
         id=row["id"],
         app_id=row["app_id"],
@@ -127,7 +130,7 @@ def app_values(app: App) -> dict[str, Any]:
     return {"id": app.id, "created_at": app.created_at, "settings": to_json(app.settings)}
 
 
-def app_from_row(row: Mapping[str, Any]) -> App:
+def app_from_row(row: RowMapping) -> App:
     return App(
         id=row["id"],
         created_at=row["created_at"],
@@ -147,7 +150,7 @@ def api_key_values(key: ApiKey) -> dict[str, Any]:
     }
 
 
-def api_key_from_row(row: Mapping[str, Any]) -> ApiKey:
+def api_key_from_row(row: RowMapping) -> ApiKey:
     return ApiKey(
         id=row["id"],
         role=row["role"],

@@ -9,7 +9,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-# The execution option a connection carries to choose how a SQLite transaction begins.
+# The execution option that says how a SQLite transaction begins: "BEGIN IMMEDIATE" for
+# writes, "BEGIN" for a read snapshot; without it no BEGIN is sent and every statement
+# runs on its own (a single SELECT is consistent by itself).
 SQLITE_BEGIN = "fnhost_sqlite_begin"
 # How long a SQLite writer waits for another writer before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -43,22 +45,26 @@ def _is_file_database(url: URL) -> bool:
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL (readers never block the writer), NORMAL sync (no fsync per commit in WAL, still
-    crash-safe), a busy timeout, foreign keys, and transactions that SQLAlchemy begins itself.
+    """WAL (readers never block the writer), NORMAL sync (no fsync per commit: a power cut
+    may lose the last commits but never corrupts the file), a busy timeout, foreign keys,
+    and transactions that SQLAlchemy begins itself.
 
     The sqlite3 module's own transaction handling skips BEGIN before SELECT and DDL, which
-    breaks transactional migrations; write transactions begin IMMEDIATE so two writers
-    queue on the busy timeout instead of failing when a read lock cannot be upgraded.
+    breaks transactional migrations, so it is turned off and BEGIN comes from the
+    SQLITE_BEGIN option. Write transactions begin IMMEDIATE so two writers queue on the
+    busy timeout instead of failing when a read lock cannot be upgraded.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # busy_timeout first: switching a new file to WAL needs a lock another process
+        # may hold at that moment.
         for pragma in (
+            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
             "journal_mode=WAL",
             "synchronous=NORMAL",
-            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
             "foreign_keys=ON",
         ):
             cursor.execute(f"PRAGMA {pragma}")
@@ -66,4 +72,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(connection.get_execution_options().get(SQLITE_BEGIN, "BEGIN"))
+        begin = connection.get_execution_options().get(SQLITE_BEGIN)
+        if begin:
+            connection.exec_driver_sql(begin)

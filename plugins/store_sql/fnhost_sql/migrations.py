@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fnhost.errors import ConfigError
 from fnhost_sql import tables
 from fnhost_sql.engine import SQLITE_BEGIN
 
 Step = Callable[[AsyncConnection], Awaitable[None]]
 
-# An arbitrary constant both for pg_advisory_xact_lock and as the MySQL GET_LOCK name.
+# Arbitrary, but fixed forever: every fnhost release must take the same lock.
 LOCK_ID = 7_270_031_337
 MYSQL_LOCK_NAME = "fnhost_schema_migration"
 MYSQL_LOCK_TIMEOUT_S = 60
@@ -33,7 +34,8 @@ async def create_initial_schema(connection: AsyncConnection) -> None:
     """
     await connection.run_sync(
         lambda sync: tables.metadata.create_all(
-            sync, tables=[t for t in tables.metadata.sorted_tables if t is not tables.schema_version]
+            sync,
+            tables=[t for t in tables.metadata.sorted_tables if t is not tables.schema_version],
         )
     )
 
@@ -84,10 +86,13 @@ async def _migrate_mysql(engine: AsyncEngine) -> list[int]:
 
 
 async def _apply_missing_steps(connection: AsyncConnection) -> list[int]:
-    await connection.run_sync(
-        lambda sync: tables.schema_version.create(sync, checkfirst=True)
-    )
+    await connection.run_sync(lambda sync: tables.schema_version.create(sync, checkfirst=True))
     current = await connection.scalar(select(func.max(tables.schema_version.c.version))) or 0
+    if current > LATEST_VERSION:
+        raise ConfigError(
+            f"store.sql: the database has schema version {current}, newer than this fnhost "
+            f"knows ({LATEST_VERSION}); upgrade fnhost-sql"
+        )
     applied = []
     for version in range(current + 1, LATEST_VERSION + 1):
         await STEPS[version - 1](connection)

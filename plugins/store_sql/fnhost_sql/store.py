@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -12,11 +12,17 @@ import msgspec
 from sqlalchemy import Insert, Table, delete, insert, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    InterfaceError,
+    InvalidRequestError,
+    OperationalError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fnhost.contracts import Store
-from fnhost.errors import Conflict, Unavailable
+from fnhost.errors import ConfigError, Conflict, Unavailable
 from fnhost.models import (
     ApiKey,
     App,
@@ -28,6 +34,7 @@ from fnhost.models import (
 from fnhost_sql import convert, queries
 from fnhost_sql.engine import SQLITE_BEGIN, build_engine, default_url
 from fnhost_sql.migrations import migrate
+from fnhost_sql.sqlite_append import SqliteRecordAppender
 from fnhost_sql.tables import (
     MYSQL,
     api_keys,
@@ -61,6 +68,7 @@ class SqlStore(Store):
         super().__init__(config, platform)
         self.url = config.url or default_url(platform.config.server.data_dir)
         self._engine: AsyncEngine | None = None
+        self._sqlite_appender: SqliteRecordAppender | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -70,25 +78,44 @@ class SqlStore(Store):
         return self._engine
 
     async def start(self) -> None:
-        self._engine = build_engine(self.url, pool_size=self.config.pool_size, echo=self.config.echo)
+        where = _redacted(self.url)
         try:
-            await migrate(self._engine)
+            engine = build_engine(self.url, pool_size=self.config.pool_size, echo=self.config.echo)
+        except (ArgumentError, InvalidRequestError, ImportError) as exc:
+            raise ConfigError(
+                f"store.sql.url: cannot use {where} ({exc}); expected sqlite+aiosqlite://, "
+                "postgresql+asyncpg:// (fnhost-sql[postgres]) or mysql+aiomysql:// "
+                "(fnhost-sql[mysql])"
+            ) from exc
+        except OSError as exc:
+            raise Unavailable(
+                f"store: cannot create the database directory for {where}: {exc}"
+            ) from exc
+        try:
+            await migrate(engine)
         except (OperationalError, InterfaceError, OSError) as exc:
-            await self._engine.dispose()
-            self._engine = None
-            where = make_url(self.url).render_as_string(hide_password=True)
+            await engine.dispose()
             raise Unavailable(f"store: cannot open database {where}: {exc}") from exc
+        self._engine = engine
+        if engine.dialect.name == "sqlite":
+            self._sqlite_appender = SqliteRecordAppender(engine)
 
     async def stop(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+            self._sqlite_appender = None
 
     @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a read transaction, so several selects see one snapshot."""
+    async def _reading(self, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection to read with. Each statement sees a consistent state; with `snapshot`
+        several statements see the same one (SQLite otherwise skips BEGIN, saving a round
+        trip to its thread)."""
+        engine = (
+            self.engine.execution_options(**{SQLITE_BEGIN: "BEGIN"}) if snapshot else self.engine
+        )
         try:
-            async with self.engine.connect() as connection:
+            async with engine.connect() as connection:
                 yield connection
         except (OperationalError, InterfaceError) as exc:
             raise Unavailable(f"store: {exc.orig or exc}") from exc
@@ -136,37 +163,21 @@ class SqlStore(Store):
 
     async def get_function(self, app_id: str, name: str) -> StoredFunction | None:
         async with self._reading() as connection:
-            row = (
-                (await connection.execute(select(functions).where(*_function_key(app_id, name))))
-                .mappings()
-                .first()
-            )
-            if row is None:
-                return None
-            env = await connection.execute(
-                select(env_vars.c.key, env_vars.c.ciphertext).where(
-                    env_vars.c.app_id == app_id, env_vars.c.function_name == name
-                )
-            )
-            return convert.function_from_row(row, {key: ciphertext for key, ciphertext in env})
+            statement = queries.functions_statement(connection.dialect.name)
+            result = await connection.execute(statement.where(*_function_key(app_id, name)))
+            row = result.mappings().first()
+        return None if row is None else convert.function_from_row(row)
 
     async def list_functions(self, app_id: str | None = None) -> list[StoredFunction]:
-        function_query = select(functions).order_by(functions.c.app_id, functions.c.name)
-        env_query = select(env_vars)
-        if app_id is not None:
-            function_query = function_query.where(functions.c.app_id == app_id)
-            env_query = env_query.where(env_vars.c.app_id == app_id)
         async with self._reading() as connection:
-            rows = (await connection.execute(function_query)).mappings().all()
-            env_rows = (await connection.execute(env_query)).mappings().all()
-        env_by_function: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-        for env_row in env_rows:
-            key = (env_row["app_id"], env_row["function_name"])
-            env_by_function[key][env_row["key"]] = env_row["ciphertext"]
-        return [
-            convert.function_from_row(row, env_by_function.get((row["app_id"], row["name"]), {}))
-            for row in rows
-        ]
+            statement = queries.functions_statement(connection.dialect.name)
+            if app_id is not None:
+                statement = statement.where(functions.c.app_id == app_id)
+            result = await connection.execute(
+                statement.order_by(functions.c.app_id, functions.c.name)
+            )
+            rows = result.mappings().all()
+        return [convert.function_from_row(row) for row in rows]
 
     async def delete_function(self, app_id: str, name: str) -> bool:
         async with self._writing() as connection:
@@ -177,16 +188,16 @@ class SqlStore(Store):
                 )
             )
             await connection.execute(
-                delete(env_vars).where(env_vars.c.app_id == app_id, env_vars.c.function_name == name)
+                delete(env_vars).where(
+                    env_vars.c.app_id == app_id, env_vars.c.function_name == name
+                )
             )
             await connection.execute(
                 delete(function_versions).where(
                     function_versions.c.app_id == app_id, function_versions.c.name == name
                 )
             )
-            result = await connection.execute(
-                delete(functions).where(*_function_key(app_id, name))
-            )
+            result = await connection.execute(delete(functions).where(*_function_key(app_id, name)))
             return bool(result.rowcount)
 
     # invocation records
@@ -194,13 +205,17 @@ class SqlStore(Store):
     async def append_invocations(self, records: list[InvocationRecord]) -> None:
         if not records:
             return
+        rows = [convert.record_values(record) for record in records]
         try:
+            if self._sqlite_appender is not None:
+                await self._sqlite_appender.append(rows)
+                return
             async with self._writing() as connection:
-                await connection.execute(
-                    insert(invocations), [convert.record_values(r) for r in records]
-                )
-        except IntegrityError:
+                await connection.execute(insert(invocations), rows)
+        except (IntegrityError, sqlite3.IntegrityError):
             raise Conflict("an invocation record with this id is already stored") from None
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"store: {exc}") from exc
 
     async def query_invocations(
         self, app_id: str, name: str, query: LogQuery
@@ -210,30 +225,27 @@ class SqlStore(Store):
             return [convert.record_from_row(row) for row in result.mappings()]
 
     async def function_metrics(self, app_id: str, name: str) -> FunctionMetrics:
-        async with self._reading() as connection:
-            totals = (await connection.execute(queries.totals_statement(app_id, name))).one()
-            count, errors, average, last = totals
-            if not count:
+        async with self._reading(snapshot=True) as connection:
+            result = await connection.execute(queries.totals_statement(app_id, name))
+            totals = result.mappings().one()
+            count = int(totals["count"])
+            if count == 0:
                 return FunctionMetrics()
             p50, p95 = [
-                float(
-                    await connection.scalar(
-                        queries.duration_at_rank_statement(
-                            app_id, name, queries.nearest_rank_offset(count, percentile)
-                        )
-                    )
-                    or 0.0
+                await _duration_at(
+                    connection, app_id, name, queries.nearest_rank_offset(count, percentile)
                 )
                 for percentile in (50, 95)
             ]
+        errors = int(totals["errors"] or 0)
         return FunctionMetrics(
-            total_invocations=int(count),
-            error_count=int(errors or 0),
-            error_rate=round(int(errors or 0) * 100 / int(count), 2),
-            avg_duration_ms=float(average or 0.0),
+            total_invocations=count,
+            error_count=errors,
+            error_rate=round(errors * 100 / count, 2),
+            avg_duration_ms=float(totals["average"] or 0.0),
             p50_duration_ms=p50,
             p95_duration_ms=p95,
-            last_invocation=last,
+            last_invocation=totals["latest"],
         )
 
     # apps and keys
@@ -289,6 +301,13 @@ class SqlStore(Store):
         return found is not None
 
 
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)
+
+
 def _function_key(app_id: str, name: str) -> tuple[Any, Any]:
     return functions.c.app_id == app_id, functions.c.name == name
 
@@ -311,6 +330,11 @@ async def _keep_version(connection: AsyncConnection, function: StoredFunction) -
         await connection.execute(insert(function_versions).values(convert.version_values(function)))
 
 
+async def _duration_at(connection: AsyncConnection, app_id: str, name: str, offset: int) -> float:
+    value = await connection.scalar(queries.duration_at_rank_statement(app_id, name, offset))
+    return float(value or 0.0)
+
+
 def _upsert(
     connection: AsyncConnection, table: Table, values: dict[str, Any], replace: Sequence[str]
 ) -> Insert:
@@ -322,11 +346,16 @@ def _upsert(
         return mysql_insert.on_duplicate_key_update(
             {column: mysql_insert.inserted[column] for column in replace}
         )
-    dialect_insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if dialect_insert is None:
-        raise NotImplementedError(f"sql store: no upsert for dialect {dialect!r}")
-    statement = dialect_insert(table).values(values)
-    return statement.on_conflict_do_update(
-        index_elements=list(table.primary_key.columns),
-        set_={column: statement.excluded[column] for column in replace},
-    )
+    if dialect == "postgresql":
+        pg_insert = postgresql.insert(table).values(values)
+        return pg_insert.on_conflict_do_update(
+            index_elements=list(table.primary_key.columns),
+            set_={column: pg_insert.excluded[column] for column in replace},
+        )
+    if dialect == "sqlite":
+        sqlite_insert = sqlite.insert(table).values(values)
+        return sqlite_insert.on_conflict_do_update(
+            index_elements=list(table.primary_key.columns),
+            set_={column: sqlite_insert.excluded[column] for column in replace},
+        )
+    raise NotImplementedError(f"sql store: no upsert for dialect {dialect!r}")

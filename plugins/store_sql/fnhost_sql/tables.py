@@ -34,9 +34,7 @@ def identifier(length: int = 100) -> TypeEngine[str]:
     return (
         String(length)
         .with_variant(postgresql.VARCHAR(length, collation="C"), "postgresql")
-        .with_variant(
-            mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), *MYSQL
-        )
+        .with_variant(mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), *MYSQL)
     )
 
 
@@ -79,7 +77,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 metadata = MetaData()
 
 # MySQL: InnoDB for foreign keys and row locks, utf8mb4 for every character.
-MYSQL_TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 schema_version = Table(
     "schema_version",

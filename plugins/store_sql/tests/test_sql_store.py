@@ -11,52 +11,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, select, text
+from sqlalchemy import Select, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fnhost import hookimpl
-from fnhost.contracts import Runtime, Store
-from fnhost.errors import ConfigError, Unavailable
+from fnhost.contracts import Store
+from fnhost.errors import ConfigError, Conflict, Unavailable
 from fnhost.models import LogQuery
 from fnhost.platform import Platform
-from fnhost.plugins import create_plugin_manager
 from fnhost.testing import StoreContract, make_config
-from fnhost.testing.store_contract import make_function, make_record, redeploy, with_env
+from fnhost.testing.store_contract import T0, make_function, make_record, redeploy, with_env
 from fnhost_sql import SqlStore, queries
+from fnhost_sql.migrations import LATEST_VERSION
 from fnhost_sql.tables import env_vars, function_versions, schema_version
 
 
-class StandInRuntime(Runtime):
-    """The platform needs a runtime named "deno"; these tests never run code."""
-
-    name = "deno"
-
-    async def check(self, function: Any) -> None:
-        raise NotImplementedError
-
-    async def invoke(self, function: Any, request: Any) -> Any:
-        raise NotImplementedError
-
-    async def evict(self, function: Any) -> None:
-        raise NotImplementedError
-
-
-class StandInRuntimePlugin:
-    @hookimpl
-    def fnhost_runtimes(self) -> list[type[Runtime]]:
-        return [StandInRuntime]
-
-
 def sql_platform(data_dir: Path, url: str | None = None, **sql: Any) -> Platform:
-    """A platform whose store is "sql" at `url` (None: the default SQLite file)."""
-    import fnhost_sql.plugin
-
+    """A platform whose store is "sql" at `url` (None: the default SQLite file), built as the
+    core builds it: every installed plugin loaded, nothing started."""
     section = {"url": url, **sql} if url else sql
-    config = make_config(data_dir, store={"use": "sql", "sql": section})
-    pm = create_plugin_manager(
-        load_entry_points=False, extra=[fnhost_sql.plugin, StandInRuntimePlugin()]
-    )
-    return Platform(config, pm)
+    return Platform(make_config(data_dir, store={"use": "sql", "sql": section}))
 
 
 def sql_store(data_dir: Path, url: str | None = None, **sql: Any) -> SqlStore:
@@ -136,11 +109,8 @@ async def test_migrations_are_recorded_and_restart_keeps_data(
         await again.stop()
 
 
-@pytest.mark.parametrize("server", ["postgres_url", "mysql_url"])
-async def test_processes_starting_together_migrate_once(
-    tmp_path: Path, server: str, request: pytest.FixtureRequest
-) -> None:
-    url = request.getfixturevalue(server)
+async def test_processes_starting_together_migrate_once(tmp_path: Path, database_url: str) -> None:
+    url = database_url
     stores = [sql_store(tmp_path / str(n), url) for n in range(3)]
     await asyncio.gather(*(store.start() for store in stores))
     try:
@@ -289,6 +259,29 @@ async def test_sqlite_writers_in_two_stores_wait_for_each_other(
         await two.stop()
 
 
+async def test_sqlite_large_batch_is_all_or_nothing(tmp_path: Path, sqlite_url: str) -> None:
+    # Past the parameters one INSERT may carry, records go in one explicit transaction.
+    store = await started(tmp_path, sqlite_url)
+    try:
+        batch = [make_record(n) for n in range(300)] + [make_record(7, path="/again")]
+        with pytest.raises(Conflict):
+            await store.append_invocations(batch)
+        assert await store.query_invocations("app1", "hello", LogQuery()) == []
+        await store.append_invocations(batch[:300])
+        assert len(await store.query_invocations("app1", "hello", LogQuery(limit=1000))) == 300
+    finally:
+        await store.stop()
+
+
+async def test_concurrent_appends_on_one_store(tmp_path: Path, database_url: str) -> None:
+    store = await started(tmp_path, database_url)
+    try:
+        await asyncio.gather(*(store.append_invocations([make_record(n)]) for n in range(60)))
+        assert (await store.function_metrics("app1", "hello")).total_invocations == 60
+    finally:
+        await store.stop()
+
+
 # configuration and failures
 
 
@@ -308,6 +301,33 @@ async def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
         await store.start()
     assert "secret" not in failure.value.message
     await store.stop()
+
+
+async def test_database_newer_than_this_release_stops_start(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    store = await started(tmp_path, sqlite_url)
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            insert(schema_version).values(version=LATEST_VERSION + 1, applied_at=T0)
+        )
+    await store.stop()
+    with pytest.raises(ConfigError, match="newer than this fnhost"):
+        await started(tmp_path, sqlite_url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1/fnhost",  # a sync driver
+        "nosuchdb+driver://host/db",
+        "not a url",
+    ],
+)
+async def test_unusable_url_is_a_config_error(tmp_path: Path, url: str) -> None:
+    store = sql_store(tmp_path, url)
+    with pytest.raises(ConfigError, match=r"store\.sql\.url"):
+        await store.start()
 
 
 async def test_unstarted_store_says_so(tmp_path: Path) -> None:

@@ -1,0 +1,264 @@
+"""The "deno" runtime: warm Deno worker processes, one per function revision.
+
+What a function sees (see `bootstrap.ts`): `handler(req, ctx)` with a Web `Request`,
+`ctx = {env, user, trigger, waitUntil}`; its own env vars through `ctx.env`, `Deno.env` and
+`process.env` (a shim: the process environment itself is empty and unreadable); the
+network, and no file, subprocess, FFI or system-info access. Console output is attributed
+to the invocation that made it, also when calls run concurrently in one worker.
+
+Known limits, by design:
+- `ctx.waitUntil` work continues after the result is returned, up to the function's
+  timeout; what it logs after the result was returned is dropped (the record is already
+  written), and so is console output of top-level module code.
+- The timeout is enforced from here: a call past it is answered "timeout"; if the worker
+  does not even acknowledge the cancel within a second (a synchronous loop), it is killed,
+  and other calls in flight on it end as "crash".
+- Memory is bounded by V8's heap limit plus an RSS watchdog sampled every 100 ms, so a
+  fast off-heap allocation can overshoot the limit briefly before the worker is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+
+from fnhost.config import MiB
+from fnhost.contracts import Runtime
+from fnhost.errors import CodeCheckFailed, ConfigError, TooLarge, Unavailable
+from fnhost.models import FunctionDefinition, FunctionSpec, InvocationRequest, InvocationResult
+from fnhost_deno.worker import DenoWorker, WorkerLoadFailed, WorkerSettings
+
+if TYPE_CHECKING:
+    from fnhost.platform import Platform
+
+# Deno's own resident memory on top of the function's heap limit: a fresh worker measures
+# 44 MiB on this machine and a hello world settles at 70-80 MiB after 100k calls (allocator
+# arenas, young generation, code space: none of it bounded by --max-old-space-size).
+RSS_ALLOWANCE_MB = 96
+WATCHDOG_INTERVAL_SECONDS = 0.1
+# Frames carry the body plus headers and up to 1 MiB of logs.
+FRAME_HEADROOM_BYTES = 2 * MiB
+
+WorkerKey = tuple[str, str, int]  # app_id, function name, revision
+
+
+class DenoConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[runtime.deno]` of the config file."""
+
+    # warm workers kept; the least recently used one is stopped first
+    max_warm: Annotated[int, msgspec.Meta(ge=1)] = 50
+    # a worker idle this long is stopped
+    idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300
+    # keep the worker that check() started, for the first call
+    prewarm: bool = True
+    # default: the binary of the `deno` Python package
+    deno_path: str | None = None
+    # largest frame to or from a worker; raised to server.max_body_bytes + 2 MiB if below
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=MiB)] = 10 * MiB + FRAME_HEADROOM_BYTES
+    # loading a module, remote imports included
+    start_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30
+
+
+class DenoRuntime(Runtime):
+    """Runs each function revision in its own warm `deno run` process, reused across calls
+    and handling concurrent calls. Workers are replaced when they crash, time out stuck or
+    exceed their memory limit, and stopped when idle, evicted or superseded."""
+
+    name = "deno"
+    Config = DenoConfig
+    config: DenoConfig
+
+    def __init__(self, config: DenoConfig, platform: Platform) -> None:
+        super().__init__(config, platform)
+        self._settings: WorkerSettings | None = None
+        self._workers: OrderedDict[WorkerKey, DenoWorker] = OrderedDict()  # LRU first
+        self._retiring: dict[asyncio.Task[None], DenoWorker] = {}
+        self._latest: dict[tuple[str, str], int] = {}  # newest revision invoked per function
+        self._busy = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        data_dir = self.platform.config.server.data_dir
+        workdir, bootstrap = await asyncio.to_thread(_prepare_workdir, data_dir)
+        body_limit = self.platform.config.server.max_body_bytes
+        self._settings = WorkerSettings(
+            deno=self._deno_binary(),
+            bootstrap=bootstrap,
+            workdir=workdir,
+            functions_dir=workdir / "functions",
+            deno_dir=workdir / "cache",
+            body_limit=body_limit,
+            frame_limit=max(self.config.max_message_bytes, body_limit + FRAME_HEADROOM_BYTES),
+            rss_allowance_mb=RSS_ALLOWANCE_MB,
+        )
+        self._tasks = [
+            asyncio.create_task(self._stop_idle_workers()),
+            asyncio.create_task(self._watch_memory()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        workers = [*self._workers.values(), *self._retiring.values()]
+        self._workers.clear()
+        await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._settings = None
+
+    def _deno_binary(self) -> str:
+        if self.config.deno_path is not None:
+            if not Path(self.config.deno_path).is_file():
+                raise ConfigError(f"runtime.deno.deno_path: {self.config.deno_path} does not exist")
+            return self.config.deno_path
+        import deno
+
+        return str(deno.find_deno_bin())
+
+    # ---- the Runtime protocol ----------------------------------------------------
+
+    async def check(self, function: FunctionSpec) -> None:
+        key, worker = self._worker_for(function)
+        try:
+            await worker.ready()
+        except WorkerLoadFailed as exc:
+            self._retire(key, worker)
+            raise CodeCheckFailed(exc.message) from None
+        if not self.config.prewarm:
+            self._retire(key, worker)
+
+    async def invoke(self, function: FunctionSpec, request: InvocationRequest) -> InvocationResult:
+        settings = self._started()
+        if len(request.body) > settings.body_limit:
+            raise TooLarge(
+                f"request body of {len(request.body)} bytes exceeds the limit of "
+                f"{settings.body_limit} bytes"
+            )
+        self._supersede(function)
+        key, worker = self._worker_for(function)
+        self._busy.set()
+        try:
+            return await worker.invoke(request, function.timeout_ms)
+        except WorkerLoadFailed as exc:
+            self._retire(key, worker)
+            return InvocationResult(
+                outcome="crash" if exc.crashed else "error",
+                error=f"the module failed to load: {exc.message}",
+            )
+
+    async def evict(self, function: FunctionDefinition) -> None:
+        self._latest.pop((function.app_id, function.name), None)
+        for key, worker in list(self._workers.items()):
+            if key[:2] == (function.app_id, function.name):
+                self._retire(key, worker)
+
+    # ---- the pool ----------------------------------------------------------------
+
+    def _started(self) -> WorkerSettings:
+        if self._settings is None:
+            raise Unavailable("the deno runtime is not started")
+        return self._settings
+
+    def _worker_for(self, function: FunctionSpec) -> tuple[WorkerKey, DenoWorker]:
+        """The warm worker of this revision, launched if there is none (it may still be
+        loading: `ready()` waits for it)."""
+        settings = self._started()
+        key = (function.app_id, function.name, function.revision)
+        worker = self._workers.get(key)
+        if worker is not None and worker.alive and worker.runs(function):
+            self._workers.move_to_end(key)
+            return key, worker
+        if worker is not None:
+            self._retire(key, worker)
+        self._make_room()
+        worker = DenoWorker(function, settings)
+        self._workers[key] = worker
+        worker.launch(self.config.start_timeout_seconds)
+        return key, worker
+
+    def _supersede(self, function: FunctionSpec) -> None:
+        """A call for a newer revision retires the workers of older ones."""
+        name = (function.app_id, function.name)
+        latest = self._latest.get(name)
+        if latest is not None and latest >= function.revision:
+            return
+        self._latest[name] = function.revision
+        for key, worker in list(self._workers.items()):
+            if key[:2] == name and key[2] < function.revision:
+                self._retire(key, worker)
+
+    def _make_room(self) -> None:
+        """Before a new worker starts: retire the least recently used one past max_warm,
+        an idle one if there is any."""
+        while self._workers and len(self._workers) >= self.config.max_warm:
+            victim = next(
+                ((k, w) for k, w in self._workers.items() if not w.busy),
+                next(iter(self._workers.items())),
+            )
+            self._retire(*victim)
+
+    def _retire(self, key: WorkerKey, worker: DenoWorker) -> None:
+        """Take the worker out of service; it stops once its calls in flight are done."""
+        if self._workers.get(key) is worker:
+            del self._workers[key]
+        task = worker.retire()
+        if task not in self._retiring:
+            self._retiring[task] = worker
+            task.add_done_callback(self._retiring.pop)
+
+    async def _stop_idle_workers(self) -> None:
+        interval = min(max(self.config.idle_seconds / 4, 0.05), 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for key, worker in list(self._workers.items()):
+                if not worker.alive or (
+                    not worker.busy and now - worker.last_used > self.config.idle_seconds
+                ):
+                    self._retire(key, worker)
+
+    async def _watch_memory(self) -> None:
+        """While calls run, sample every worker's RSS: a Uint8Array or other off-heap memory
+        escapes --max-old-space-size, so the limit is also enforced from outside."""
+        while True:
+            await self._busy.wait()
+            busy = [w for w in (*self._workers.values(), *self._retiring.values()) if w.busy]
+            if not busy:
+                self._busy.clear()
+                continue
+            for worker in busy:
+                worker.check_memory()
+            await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
+
+    # for tests and diagnostics
+    def worker_pids(self) -> dict[WorkerKey, int]:
+        """Process ids of the warm workers, by (app_id, name, revision)."""
+        return {key: w.pid for key, w in self._workers.items() if w.pid is not None}
+
+
+def _prepare_workdir(data_dir: str) -> tuple[Path, Path]:
+    """Lay out `<data_dir>/deno`: the bootstrap, an empty `functions/` for code files and
+    the `cache/` used as DENO_DIR. Returns that directory and the bootstrap's path."""
+    workdir = Path(data_dir).resolve() / "deno"
+    functions = workdir / "functions"
+    deno_dir = workdir / "cache"
+    # Code files of a previous run, and Deno's transpiled copies of them.
+    shutil.rmtree(functions, ignore_errors=True)
+    shutil.rmtree(deno_dir / "gen" / "file" / functions.relative_to("/"), ignore_errors=True)
+    functions.mkdir(parents=True)
+    deno_dir.mkdir(exist_ok=True)
+    bootstrap = workdir / "bootstrap.ts"
+    source = resources.files("fnhost_deno").joinpath("bootstrap.ts").read_text()
+    if not bootstrap.exists() or bootstrap.read_text() != source:
+        bootstrap.write_text(source)
+    return workdir, bootstrap
