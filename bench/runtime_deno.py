@@ -4,7 +4,7 @@
 
 Prints: check() of a hello world (cold Deno cache, then warm cache), the round trip of
 `runtime.invoke` on a warm worker (sequential, and with 50 calls in flight), and the
-resident memory of one idle warm worker.
+resident memory of an idle warm worker, fresh and after those calls.
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ async def main(data_dir: Path) -> None:
         print(f"invoke, warm, {CONCURRENT} in flight: {CONCURRENT_CALLS / elapsed:,.0f} calls/s")
 
         await asyncio.sleep(1)
-        pid = runtime.worker_pids()[(function.app_id, function.name, function.revision)]
-        print(f"idle warm worker RSS: {rss_mib(pid):.1f} MiB")
+        pids = runtime.worker_pids()
+        fresh, used = pids[("contract", "first", 1)], pids[("contract", "second", 1)]
+        print(f"idle warm worker RSS: {rss_mib(fresh):.1f} MiB after check() only, ", end="")
+        print(f"{rss_mib(used):.1f} MiB after {SEQUENTIAL + 100 + CONCURRENT_CALLS:,} calls")
     finally:
         await runtime.stop()
 

@@ -34,6 +34,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     encryption_key: str | None = None
     max_body_bytes: int = 10 * MiB
     max_code_bytes: int = 1 * MiB
+    # Public calls read function definitions from memory for this long; changes made
+    # through this process apply at once, changes made by another process sharing
+    # the store within this bound. 0 reads the store on every call.
+    function_cache_seconds: float = 1.0
 
 
 class PluginsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -195,6 +199,7 @@ data_dir = ".fnhost"        # admin.key, secret.key and the SQLite database live
 # encryption_key = "..."    # Fernet key for env vars at rest; by default generated on first start
 max_body_bytes = 10485760   # largest request or response body (413 beyond)
 max_code_bytes = 1048576    # largest function source (413 beyond)
+function_cache_seconds = 1.0  # how long another process's deploy may take to be seen here
 
 [store]
 use = "sql"                 # the store plugin in use

@@ -9,6 +9,7 @@ platform, then awaits `start()`; at shutdown it awaits `stop()`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -91,7 +92,10 @@ class Store(PluginObject, ABC):
 
     @abstractmethod
     async def list_functions(self, app_id: str | None = None) -> list[StoredFunction]:
-        """Functions of one app (or of every app when None), ordered by app and name."""
+        """Functions of one app (or of every app when None), ordered by app and name.
+
+        Names are case-sensitive; `env_var_names` are the sorted keys of `encrypted_env`.
+        """
 
     @abstractmethod
     async def delete_function(self, app_id: str, name: str) -> bool:
@@ -106,11 +110,34 @@ class Store(PluginObject, ABC):
     async def query_invocations(
         self, app_id: str, name: str, query: LogQuery
     ) -> list[InvocationRecord]:
-        """Records of one function, newest first, filtered by `query`."""
+        """Records of one function, newest first, filtered by `query`.
+
+        `since` is inclusive; level "error" keeps failed invocations only.
+        """
 
     @abstractmethod
     async def function_metrics(self, app_id: str, name: str) -> FunctionMetrics:
-        """Aggregates over all recorded invocations of one function."""
+        """Aggregates over all recorded invocations of one function.
+
+        Percentiles are nearest-rank (durations 1..100 give p50 = 50, p95 = 95);
+        `error_rate` is a percent rounded to 2 decimals; zeros and None when empty.
+        """
+
+    # cron fire claims: each fire time runs once across every process sharing the store
+    @abstractmethod
+    async def claim_cron_fire(
+        self, app_id: str, name: str, fire_time: datetime, owner: str
+    ) -> bool:
+        """Claim one fire time of a function's cron trigger for `owner` (a process id).
+
+        Return True for exactly one caller across all processes sharing this store
+        (backed by a unique row per function and fire time, or the database's own
+        locking), False for every other caller of the same (app_id, name, fire_time).
+        """
+
+    @abstractmethod
+    async def prune_cron_claims(self, before: datetime) -> int:
+        """Delete claims of fire times before `before`; return how many were deleted."""
 
     # apps and keys
     @abstractmethod

@@ -37,6 +37,7 @@ log = logging.getLogger("fnhost.service")
 MAX_DEPLOY_RETRIES = 5
 MAX_ENV_VARS = 100
 MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_CACHED_DEFINITIONS = 10_000
 
 
 def utcnow() -> datetime:
@@ -48,6 +49,7 @@ class FunctionService:
         self.platform = platform
         self.records = RecordWriter(platform)
         self._specs: dict[tuple[str, str], FunctionSpec] = {}
+        self._definitions: dict[tuple[str, str], tuple[float, StoredFunction | None]] = {}
 
     async def start(self) -> None:
         self.platform.cipher.load()
@@ -103,6 +105,7 @@ class FunctionService:
                 )
             except Conflict:
                 continue  # a concurrent deploy won; build on top of it
+            self._forget(app_id, request.name)
             await self.platform.notify(
                 "fnhost_function_deployed", platform=self.platform, function=function
             )
@@ -157,6 +160,30 @@ class FunctionService:
             raise NotFound(f"function {name!r} not found in app {app_id!r}")
         return function
 
+    async def resolve(self, app_id: str, name: str) -> StoredFunction:
+        """`get` for the hot path of calls: served from memory for
+        `server.function_cache_seconds`; this process's own changes apply at once."""
+        ttl = self.platform.config.server.function_cache_seconds
+        key = (app_id, name)
+        cached = self._definitions.get(key)
+        now = time.monotonic()
+        if cached is None or cached[0] < now:
+            check_app_id(app_id)
+            function = await self.platform.store.get_function(app_id, name)
+            if ttl > 0:
+                if len(self._definitions) >= MAX_CACHED_DEFINITIONS:
+                    self._definitions.clear()  # bounded: unknown names must not grow it forever
+                self._definitions[key] = (now + ttl, function)
+        else:
+            function = cached[1]
+        if function is None:
+            raise NotFound(f"function {name!r} not found in app {app_id!r}")
+        return function
+
+    def _forget(self, app_id: str, name: str) -> None:
+        self._definitions.pop((app_id, name), None)
+        self._specs.pop((app_id, name), None)
+
     async def list_functions(self, app_id: str) -> list[StoredFunction]:
         check_app_id(app_id)
         return await self.platform.store.list_functions(app_id)
@@ -165,7 +192,7 @@ class FunctionService:
         function = await self.get(app_id, name)
         if not await self.platform.store.delete_function(app_id, name):
             raise NotFound(f"function {name!r} not found in app {app_id!r}")
-        self._specs.pop((app_id, name), None)
+        self._forget(app_id, name)
         await self.platform.runtime.evict(function)
         await self.platform.notify(
             "fnhost_function_deleted", platform=self.platform, function=function
@@ -197,6 +224,7 @@ class FunctionService:
                 await self.platform.store.save_function(function, current.revision)
             except Conflict:
                 continue
+            self._forget(app_id, name)
             await self.platform.notify(
                 "fnhost_function_deployed", platform=self.platform, function=function
             )

@@ -83,7 +83,7 @@ async def run_public_call(
 ) -> ASGIResponse:
     platform = platform_of(request)
     check_app_id(app_id)
-    function = await platform.service.get(app_id, name)
+    function = await platform.service.resolve(app_id, name)
     http = function.trigger_of("http")
     if http is None:
         raise NotFound(f"function {name!r} has no http trigger")

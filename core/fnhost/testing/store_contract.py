@@ -118,7 +118,15 @@ def assert_utc(value: datetime | None) -> None:
 
 
 class StoreContract:
-    """Tests of every `Store` method. Subclass it and provide a `store` fixture."""
+    """Tests of every `Store` method. Subclass it and provide a `store` fixture.
+
+    A store that several fnhost processes can share also overrides `second_store`: another
+    started store object on the same database, as a second process has.
+    """
+
+    @pytest.fixture
+    def second_store(self) -> Store:
+        pytest.skip("this store provides no `second_store` on the database of `store`")
 
     # functions: insert, update, conflicts
 
@@ -579,6 +587,64 @@ class StoreContract:
         assert metrics.total_invocations == 1 and metrics.error_count == 0
         assert metrics.avg_duration_ms == 1.0 and metrics.p95_duration_ms == 1.0
         assert metrics.last_invocation == T0 + timedelta(seconds=1)
+
+    # cron fire claims
+
+    async def test_claim_cron_fire_once(self, store: Store) -> None:
+        assert await store.claim_cron_fire("app1", "hello", T0, "process-a") is True
+        assert await store.claim_cron_fire("app1", "hello", T0, "process-b") is False
+        assert await store.claim_cron_fire("app1", "hello", T0, "process-a") is False
+
+    async def test_concurrent_claims_have_one_winner(self, store: Store) -> None:
+        claims = [store.claim_cron_fire("app1", "hello", T0, f"process-{n}") for n in range(20)]
+        assert (await asyncio.gather(*claims)).count(True) == 1
+
+    async def test_claims_through_two_store_objects_have_one_winner(
+        self, store: Store, second_store: Store
+    ) -> None:
+        # Two store objects on one database are two fnhost processes; several rounds so
+        # that either may be first.
+        for minute in range(5):
+            fire_time = T0 + timedelta(minutes=minute)
+            claims = [
+                one.claim_cron_fire("app1", "hello", fire_time, f"{side}-{n}")
+                for n in range(6)
+                for side, one in (("a", store), ("b", second_store))
+            ]
+            assert (await asyncio.gather(*claims)).count(True) == 1
+        assert await second_store.claim_cron_fire("app1", "hello", T0, "b") is False
+
+    async def test_claims_of_other_fire_times_and_functions_are_independent(
+        self, store: Store
+    ) -> None:
+        assert await store.claim_cron_fire("app1", "hello", T0, "a") is True
+        for app_id, name, fire_time in (
+            ("app1", "hello", T0 + timedelta(seconds=1)),
+            ("app1", "hello", T0 + timedelta(microseconds=1)),  # microseconds are kept
+            ("app1", "other", T0),
+            ("app1", "Hello", T0),  # names are case-sensitive
+            ("app2", "hello", T0),
+        ):
+            assert await store.claim_cron_fire(app_id, name, fire_time, "b") is True
+            assert await store.claim_cron_fire(app_id, name, fire_time, "c") is False
+
+    async def test_claim_compares_instants_not_zones(self, store: Store) -> None:
+        tokyo = T0.astimezone(timezone(timedelta(hours=9)))
+        assert await store.claim_cron_fire("app1", "hello", tokyo, "a") is True
+        assert await store.claim_cron_fire("app1", "hello", T0, "b") is False
+
+    async def test_prune_cron_claims(self, store: Store) -> None:
+        hours = [T0 + timedelta(hours=n) for n in range(4)]
+        for fire_time in hours:
+            assert await store.claim_cron_fire("app1", "hello", fire_time, "a")
+        assert await store.claim_cron_fire("app2", "other", hours[0], "a")
+        # `before` is exclusive: claims at hours[2] and later stay.
+        assert await store.prune_cron_claims(hours[2]) == 3
+        assert await store.claim_cron_fire("app1", "hello", hours[0], "b") is True
+        assert await store.claim_cron_fire("app2", "other", hours[0], "b") is True
+        assert await store.claim_cron_fire("app1", "hello", hours[2], "b") is False
+        assert await store.claim_cron_fire("app1", "hello", hours[3], "b") is False
+        assert await store.prune_cron_claims(T0) == 0
 
     # apps
 

@@ -42,7 +42,7 @@ async def runtime(tmp_path: Path) -> AsyncIterator[DenoRuntime]:
 
 
 class TestDenoRuntime(RuntimeContract):
-    pass
+    """The contract every runtime passes, on real Deno workers."""
 
 
 def deno_pids(root: Path) -> set[int]:
@@ -224,6 +224,18 @@ async def test_a_killed_worker_crashes_its_call_and_is_replaced(runtime: DenoRun
     after = await call(runtime, function)
     assert after.outcome == "ok" and after.body == b"alive"
     assert only_pid(runtime) != pid
+
+
+async def test_a_worker_dying_on_its_own_is_a_crash_with_its_reason(runtime: DenoRuntime) -> None:
+    code = """export default (req) => {
+      if (new URL(req.url).pathname === "/abort") process.abort();
+      return new Response("alive");
+    }"""
+    function = make_spec(code)
+    result = await call(runtime, function, "GET", "/abort")
+    assert result.outcome == "crash"
+    assert result.error == "worker killed by signal SIGABRT"
+    assert (await call(runtime, function)).body == b"alive"
 
 
 async def test_a_stuck_worker_is_replaced_and_others_are_untouched(runtime: DenoRuntime) -> None:

@@ -40,8 +40,16 @@ async def create_initial_schema(connection: AsyncConnection) -> None:
     )
 
 
+async def add_cron_claims(connection: AsyncConnection) -> None:
+    """Version 2: `cron_claims`, one row per claimed fire time of a cron trigger.
+
+    `checkfirst` keeps the step safe to re-run on MySQL, where DDL commits implicitly.
+    """
+    await connection.run_sync(lambda sync: tables.cron_claims.create(sync, checkfirst=True))
+
+
 # Index i holds the step that brings the schema to version i + 1.
-STEPS: list[Step] = [create_initial_schema]
+STEPS: list[Step] = [create_initial_schema, add_cron_claims]
 LATEST_VERSION = len(STEPS)
 
 

@@ -39,6 +39,7 @@ from fnhost_sql.tables import (
     MYSQL,
     api_keys,
     apps,
+    cron_claims,
     env_vars,
     function_versions,
     functions,
@@ -248,6 +249,34 @@ class SqlStore(Store):
             last_invocation=totals["latest"],
         )
 
+    # cron fire claims
+
+    async def claim_cron_fire(
+        self, app_id: str, name: str, fire_time: datetime, owner: str
+    ) -> bool:
+        values = {
+            "fire_time": fire_time,
+            "app_id": app_id,
+            "function_name": name,
+            "owner": owner,
+            "claimed_at": datetime.now(UTC),
+        }
+        try:
+            async with self._writing() as connection:
+                result = await connection.execute(
+                    _insert_unless_present(connection, cron_claims, values)
+                )
+        except IntegrityError:
+            return False  # the primary key: another process claimed this fire time first
+        return bool(result.rowcount)
+
+    async def prune_cron_claims(self, before: datetime) -> int:
+        async with self._writing() as connection:
+            result = await connection.execute(
+                delete(cron_claims).where(cron_claims.c.fire_time < before)
+            )
+        return int(result.rowcount)
+
     # apps and keys
 
     async def get_app(self, app_id: str) -> App | None:
@@ -359,3 +388,17 @@ def _upsert(
             set_={column: sqlite_insert.excluded[column] for column in replace},
         )
     raise NotImplementedError(f"sql store: no upsert for dialect {dialect!r}")
+
+
+def _insert_unless_present(
+    connection: AsyncConnection, table: Table, values: dict[str, Any]
+) -> Insert:
+    """INSERT that inserts nothing (rowcount 0) when the primary key exists, so the losers of
+    a race are not errors in the database's log. MySQL's INSERT IGNORE would also swallow
+    other errors, so there a plain INSERT raises IntegrityError on a duplicate instead."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).values(values).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).values(values).on_conflict_do_nothing()
+    return insert(table).values(values)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -183,5 +184,26 @@ api_keys = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
     Index("ix_api_keys_app", "app_id"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+# Tables added after the first release. Migration step 1 creates every table of `metadata`
+# as first released, so a later table lives here and is created by its own step only.
+added_metadata = MetaData()
+
+# One row per fire time of a function's cron trigger that some process has claimed: the
+# primary key makes the insert succeed for exactly one of the processes sharing the store.
+# It leads with the fire time so pruning old claims walks it too (and the table is created
+# by one statement, nothing left half-done if MySQL's implicit DDL commit is interrupted).
+# No foreign key: claims outlive a deleted function until they are pruned.
+cron_claims = Table(
+    "cron_claims",
+    added_metadata,
+    Column("fire_time", UtcDateTime, nullable=False),
+    Column("app_id", identifier(), nullable=False),
+    Column("function_name", identifier(), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("claimed_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("fire_time", "app_id", "function_name", name="pk_cron_claims"),
     **MYSQL_TABLE_OPTIONS,
 )

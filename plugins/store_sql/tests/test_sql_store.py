@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fnhost.contracts import Store
@@ -20,7 +20,7 @@ from fnhost.models import LogQuery
 from fnhost.platform import Platform
 from fnhost.testing import StoreContract, make_config
 from fnhost.testing.store_contract import T0, make_function, make_record, redeploy, with_env
-from fnhost_sql import SqlStore, queries
+from fnhost_sql import SqlStore, migrations, queries
 from fnhost_sql.migrations import LATEST_VERSION
 from fnhost_sql.tables import env_vars, function_versions, schema_version
 
@@ -64,6 +64,14 @@ class TestSqliteStore(StoreContract):
         yield store
         await store.stop()
 
+    @pytest.fixture
+    async def second_store(
+        self, tmp_path: Path, sqlite_url: str, store: Store
+    ) -> AsyncIterator[Store]:
+        other = await started(tmp_path, sqlite_url)
+        yield other
+        await other.stop()
+
 
 class TestPostgresStore(StoreContract):
     @pytest.fixture
@@ -72,6 +80,14 @@ class TestPostgresStore(StoreContract):
         yield store
         await store.stop()
 
+    @pytest.fixture
+    async def second_store(
+        self, tmp_path: Path, postgres_url: str, store: Store
+    ) -> AsyncIterator[Store]:
+        other = await started(tmp_path, postgres_url)
+        yield other
+        await other.stop()
+
 
 class TestMysqlStore(StoreContract):
     @pytest.fixture
@@ -79,6 +95,17 @@ class TestMysqlStore(StoreContract):
         store = await started(tmp_path, mysql_url)
         yield store
         await store.stop()
+
+    @pytest.fixture
+    async def second_store(
+        self, tmp_path: Path, mysql_url: str, store: Store
+    ) -> AsyncIterator[Store]:
+        other = await started(tmp_path, mysql_url)
+        yield other
+        await other.stop()
+
+
+ALL_VERSIONS = [(version,) for version in range(1, LATEST_VERSION + 1)]
 
 
 async def raw_rows(engine: AsyncEngine, statement: Any) -> list[tuple[Any, ...]]:
@@ -93,8 +120,8 @@ async def test_migrations_are_recorded_and_restart_keeps_data(
     tmp_path: Path, database_url: str
 ) -> None:
     store = await started(tmp_path, database_url)
-    versions = await raw_rows(store.engine, select(schema_version.c.version))
-    assert versions == [(1,)]
+    versions = select(schema_version.c.version).order_by(schema_version.c.version)
+    assert await raw_rows(store.engine, versions) == ALL_VERSIONS
     function = make_function(encrypted_env={"K": "gAAAA-k"})
     await store.save_function(function, None)
     await store.append_invocations([make_record(1)])
@@ -102,11 +129,37 @@ async def test_migrations_are_recorded_and_restart_keeps_data(
 
     again = await started(tmp_path, database_url)
     try:
-        assert await raw_rows(again.engine, select(schema_version.c.version)) == [(1,)]
+        assert await raw_rows(again.engine, versions) == ALL_VERSIONS
         assert await again.get_function("app1", "hello") == function
         assert len(await again.query_invocations("app1", "hello", LogQuery())) == 1
     finally:
         await again.stop()
+
+
+async def test_database_of_the_first_release_is_upgraded(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database made by the first release (schema version 1), with data in it.
+    with monkeypatch.context() as first_release:
+        first_release.setattr(migrations, "STEPS", migrations.STEPS[:1])
+        first_release.setattr(migrations, "LATEST_VERSION", 1)
+        old = await started(tmp_path, database_url)
+        function = make_function()
+        await old.save_function(function, None)
+        async with old.engine.connect() as connection:
+            tables_v1 = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+        await old.stop()
+    assert "cron_claims" not in tables_v1
+
+    store = await started(tmp_path, database_url)
+    try:
+        versions = select(schema_version.c.version).order_by(schema_version.c.version)
+        assert await raw_rows(store.engine, versions) == ALL_VERSIONS
+        assert await store.get_function("app1", "hello") == function
+        assert await store.claim_cron_fire("app1", "hello", T0, "a") is True
+        assert await store.claim_cron_fire("app1", "hello", T0, "b") is False
+    finally:
+        await store.stop()
 
 
 async def test_processes_starting_together_migrate_once(tmp_path: Path, database_url: str) -> None:
@@ -114,7 +167,8 @@ async def test_processes_starting_together_migrate_once(tmp_path: Path, database
     stores = [sql_store(tmp_path / str(n), url) for n in range(3)]
     await asyncio.gather(*(store.start() for store in stores))
     try:
-        assert await raw_rows(stores[0].engine, select(schema_version.c.version)) == [(1,)]
+        versions = select(schema_version.c.version).order_by(schema_version.c.version)
+        assert await raw_rows(stores[0].engine, versions) == ALL_VERSIONS
         await stores[0].save_function(make_function(), None)
         assert await stores[2].get_function("app1", "hello") is not None
     finally:

@@ -2,13 +2,22 @@
 
 APScheduler numbers days of the week from Monday = 0, crontab from Sunday = 0
 (7 also Sunday); the day-of-week field is translated so `1-5` means Monday to Friday
-as every crontab user expects.
+as every crontab user expects. When both the day of month and the day of week are
+restricted (neither starts with `*`), crontab fires on days matching either, where
+APScheduler would want both: such a schedule is the union of two triggers.
+
+Fire times are computed in the schedule's timezone by APScheduler: across a spring
+change a time that does not exist (02:30 in Europe/Berlin) fires one hour later by
+the wall clock, at the same elapsed time; across an autumn change a time of the
+repeated hour fires in both passes (as every other fire time does).
 """
 
 from __future__ import annotations
 
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -22,7 +31,11 @@ class ScheduleError(ValueError):
         self.part = part  # "schedule" or "timezone"
 
 
-def parse_schedule(expression: str, timezone: str = "UTC") -> CronTrigger:
+def parse_schedule(expression: str, timezone: str = "UTC") -> BaseTrigger:
+    """The APScheduler trigger of a cron expression in `timezone` (an IANA name).
+
+    Raise `ScheduleError` naming the part ("schedule" or "timezone") that is invalid.
+    """
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -35,18 +48,40 @@ def parse_schedule(expression: str, timezone: str = "UTC") -> CronTrigger:
             "schedule", f"expected 5 fields (or 6 with seconds first), got {len(fields)}"
         )
     second, minute, hour, day, month, day_of_week = fields
+    aps_day_of_week = _aps_day_of_week(day_of_week)
     try:
+        if _restricted(day) and _restricted(day_of_week):
+            return OrTrigger(
+                [
+                    CronTrigger(
+                        second=second, minute=minute, hour=hour, day=day, month=month, timezone=zone
+                    ),
+                    CronTrigger(
+                        second=second,
+                        minute=minute,
+                        hour=hour,
+                        month=month,
+                        day_of_week=aps_day_of_week,
+                        timezone=zone,
+                    ),
+                ]
+            )
         return CronTrigger(
             second=second,
             minute=minute,
             hour=hour,
-            day=day,
+            day="*" if day == "?" else day,
             month=month,
-            day_of_week=_aps_day_of_week(day_of_week),
+            day_of_week=aps_day_of_week,
             timezone=zone,
         )
     except ValueError as exc:
         raise ScheduleError("schedule", f"invalid cron expression {expression!r}: {exc}") from None
+
+
+def _restricted(field: str) -> bool:
+    # crontab's own test: a field is unrestricted when it starts with "*" (so "*/2" is too).
+    return not field.startswith("*") and field != "?"
 
 
 def _aps_day_of_week(field: str) -> str:
