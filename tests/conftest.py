@@ -27,16 +27,19 @@ HELLO = """export default async function handler(req) {
 class Api:
     """A REST client of one app, the way a user's script would drive fnhost."""
 
-    def __init__(self, client: httpx.AsyncClient, app_id: str = "demo",
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, app_id: str = "demo", headers: dict[str, str] | None = None
+    ) -> None:
         self.client = client
         self.app_id = app_id
         self.headers = ADMIN if headers is None else headers
 
-    async def deploy(self, name: str, code: str = HELLO, expect: int | None = None,
-                     **fields: Any) -> httpx.Response:
+    async def deploy(
+        self, name: str, code: str = HELLO, expect: int | None = None, **fields: Any
+    ) -> httpx.Response:
         response = await self.client.post(
-            f"/v1/{self.app_id}/functions", json={"name": name, "code": code, **fields},
+            f"/v1/{self.app_id}/functions",
+            json={"name": name, "code": code, **fields},
             headers=self.headers,
         )
         if expect is not None:
@@ -50,15 +53,18 @@ class Api:
         return await self.client.delete(f"/v1/{self.app_id}{path}", headers=self.headers)
 
     async def patch_env(self, name: str, changes: dict[str, Any]) -> httpx.Response:
-        return await self.client.patch(f"/v1/{self.app_id}/functions/{name}/env", json=changes,
-                                       headers=self.headers)
+        return await self.client.patch(
+            f"/v1/{self.app_id}/functions/{name}/env", json=changes, headers=self.headers
+        )
 
     async def invoke(self, name: str, **body: Any) -> httpx.Response:
-        return await self.client.post(f"/v1/{self.app_id}/functions/{name}/invoke", json=body,
-                                      headers=self.headers)
+        return await self.client.post(
+            f"/v1/{self.app_id}/functions/{name}/invoke", json=body, headers=self.headers
+        )
 
-    async def call(self, name: str, path: str = "", method: str = "GET",
-                   **kwargs: Any) -> httpx.Response:
+    async def call(
+        self, name: str, path: str = "", method: str = "GET", **kwargs: Any
+    ) -> httpx.Response:
         return await self.client.request(method, f"/v1/{self.app_id}/fn/{name}{path}", **kwargs)
 
     async def logs(self, name: str, **params: Any) -> list[dict[str, Any]]:

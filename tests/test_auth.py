@@ -47,7 +47,8 @@ async def test_app_key_reaches_only_its_app(api: Api, platform: Platform) -> Non
     other = Api(api.client, "other", {"Authorization": f"Bearer {secret}"})
     for method, path in MANAGEMENT_ROUTES:
         response = await api.client.request(
-            method, path.replace("/demo/", "/other/"), headers=other.headers, json={})
+            method, path.replace("/demo/", "/other/"), headers=other.headers, json={}
+        )
         assert response.status_code == 403, (method, path, response.text)
     await Api(api.client, "other").deploy("theirs", HELLO, expect=201)  # admin: any app
     assert (await other.get("/functions/theirs")).status_code == 403
@@ -80,8 +81,9 @@ async def test_admin_key_is_generated_once_hashed_and_0600(tmp_path: Path) -> No
         app=create_app(platform, on_ready=lambda _, k: printed.append(k))
     ) as client:
         assert printed == [None]
-        response = await client.get("/v1/demo/functions",
-                                    headers={"Authorization": f"Bearer {key}"})
+        response = await client.get(
+            "/v1/demo/functions", headers={"Authorization": f"Bearer {key}"}
+        )
         assert response.status_code == 200
     assert key_file.read_text().strip() == key
 

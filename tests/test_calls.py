@@ -26,10 +26,16 @@ ECHO = """export default async function handler(req, ctx) {
 async def test_request_reaches_function_as_sent(api: Api) -> None:
     await api.deploy("echo", ECHO, expect=201)
     response = await api.call(
-        "echo", "/orders/42", method="PUT", params={"q": "a b", "n": "1"},
+        "echo",
+        "/orders/42",
+        method="PUT",
+        params={"q": "a b", "n": "1"},
         content=b'{"x": 1}',
-        headers={"Authorization": "Bearer end-user-token", "X-Custom": "yes",
-                 "Content-Type": "application/json"},
+        headers={
+            "Authorization": "Bearer end-user-token",
+            "X-Custom": "yes",
+            "Content-Type": "application/json",
+        },
     )
     assert response.status_code == 200, response.text
     seen = response.json()
@@ -59,8 +65,16 @@ async def test_every_method_and_root_path(api: Api) -> None:
 
 async def test_hop_by_hop_and_spoofed_forwarding_headers_are_replaced(api: Api) -> None:
     await api.deploy("echo", ECHO, expect=201)
-    seen = (await api.call("echo", headers={"X-Forwarded-Proto": "gopher", "TE": "trailers",
-                                            "Proxy-Authorization": "Basic xyz"})).json()
+    seen = (
+        await api.call(
+            "echo",
+            headers={
+                "X-Forwarded-Proto": "gopher",
+                "TE": "trailers",
+                "Proxy-Authorization": "Basic xyz",
+            },
+        )
+    ).json()
     assert seen["headers"]["x-forwarded-proto"] == "http"
     assert "te" not in seen["headers"] and "proxy-authorization" not in seen["headers"]
 
@@ -112,7 +126,9 @@ async def test_non_response_return_is_500(api: Api) -> None:
 
 
 async def test_timeout_is_504(api: Api) -> None:
-    code = "export default () => new Promise((r) => setTimeout(() => r(new Response('late')), 5000))"
+    code = (
+        "export default () => new Promise((r) => setTimeout(() => r(new Response('late')), 5000))"
+    )
     await api.deploy("slow", code, expect=201, timeoutMs=300)
     response = await api.call("slow")
     assert response.status_code == 504
@@ -183,8 +199,9 @@ async def test_function_cannot_read_host_files(api: Api) -> None:
 
 
 async def test_method_restricted_http_trigger(api: Api) -> None:
-    await api.deploy("postonly", ECHO, expect=201,
-                     trigger={"type": "http", "config": {"method": "POST"}})
+    await api.deploy(
+        "postonly", ECHO, expect=201, trigger={"type": "http", "config": {"method": "POST"}}
+    )
     assert (await api.call("postonly", method="POST")).status_code == 200
     refused = await api.call("postonly", method="GET")
     assert refused.status_code == 405 and refused.headers["allow"] == "POST"
@@ -196,8 +213,9 @@ async def test_test_invoke_answers_with_status_body_and_logs(api: Api) -> None:
       return new Response(`hi ${new URL(req.url).pathname} ${ctx.trigger.type}`, { status: 201 });
     }"""
     await api.deploy("inv", code, expect=201)
-    response = await api.invoke("inv", method="POST", path="/x", body="payload",
-                                headers={"X-Test": "1"})
+    response = await api.invoke(
+        "inv", method="POST", path="/x", body="payload", headers={"X-Test": "1"}
+    )
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["status_code"] == 201
@@ -216,8 +234,9 @@ async def test_test_invoke_json_body_and_errors(api: Api) -> None:
     assert result["status_code"] == 200 and result["body"] == '{"a":[1,2]}'
     bad = await api.invoke("json", method="GET", body="x")
     assert bad.status_code == 422
-    unknown = await api.client.post("/v1/demo/functions/json/invoke", json={"bogus": 1},
-                                    headers=api.headers)
+    unknown = await api.client.post(
+        "/v1/demo/functions/json/invoke", json={"bogus": 1}, headers=api.headers
+    )
     assert unknown.status_code in (400, 422)
 
 
@@ -231,8 +250,9 @@ async def test_test_invoke_binary_body_is_base64(api: Api) -> None:
 
 async def test_test_invoke_of_a_cron_function(api: Api) -> None:
     code = "export default (req, ctx) => Response.json(ctx.trigger)"
-    await api.deploy("cronfn", code, expect=201,
-                     trigger={"type": "cron", "config": {"schedule": "0 0 * * *"}})
+    await api.deploy(
+        "cronfn", code, expect=201, trigger={"type": "cron", "config": {"schedule": "0 0 * * *"}}
+    )
     result = (await api.invoke("cronfn")).json()
     assert result["status_code"] == 200
     trigger = __import__("json").loads(result["body"])

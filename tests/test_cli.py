@@ -38,10 +38,15 @@ class Server:
         self.banner = ""
 
     def fnhost(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "FNHOST_SERVER__PORT": str(self.port), "NO_COLOR": "1",
-               "COLUMNS": "200"}
-        result = subprocess.run([*FNHOST, *args], cwd=self.workdir, capture_output=True,
-                                text=True, timeout=60, env=env)
+        env = {
+            **os.environ,
+            "FNHOST_SERVER__PORT": str(self.port),
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+        }
+        result = subprocess.run(
+            [*FNHOST, *args], cwd=self.workdir, capture_output=True, text=True, timeout=60, env=env
+        )
         if check:
             assert result.returncode == 0, result.stderr
         return result
@@ -51,8 +56,14 @@ class Server:
 def server(tmp_path: Path) -> Iterator[Server]:
     port = free_port()
     env = {**os.environ, "FNHOST_SERVER__PORT": str(port), "NO_COLOR": "1"}
-    process = subprocess.Popen([*FNHOST, "serve"], cwd=tmp_path, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [*FNHOST, "serve"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     srv = Server(tmp_path, port, process)
     deadline = time.monotonic() + 30
     assert process.stdout is not None
@@ -135,8 +146,9 @@ def test_keys_create_gives_an_app_key(server: Server) -> None:
 
 
 def test_plugins_command_lists_bundled_plugins(tmp_path: Path) -> None:
-    result = subprocess.run([*FNHOST, "plugins", "--json"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [*FNHOST, "plugins", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
     assert plugins["deno"]["distribution"] == "fnhost-deno"
@@ -144,6 +156,12 @@ def test_plugins_command_lists_bundled_plugins(tmp_path: Path) -> None:
     assert plugins["sql"]["provides"] == ["store sql"]
     assert "fnhost_stores" in plugins["sql"]["hooks"]
     assert plugins["cron"]["provides"] == ["trigger cron"]
-    table = subprocess.run([*FNHOST, "plugins"], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=60, env={**os.environ, "COLUMNS": "200"})
+    table = subprocess.run(
+        [*FNHOST, "plugins"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert "fnhost-sql" in table.stdout

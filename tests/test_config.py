@@ -20,7 +20,10 @@ def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)
     config = load_config(environ={})
     assert (config.server.host, config.server.port, config.server.data_dir) == (
-        "127.0.0.1", 8080, ".fnhost")
+        "127.0.0.1",
+        8080,
+        ".fnhost",
+    )
     assert config.store.use == "sql" and config.runtime.use == "deno"
     assert config.source == "defaults"
 
@@ -39,12 +42,15 @@ def test_init_writes_a_commented_file_that_loads(tmp_path: Path) -> None:
 def test_environment_overrides_file(tmp_path: Path) -> None:
     path = tmp_path / "fnhost.toml"
     path.write_text(CONFIG_TEMPLATE)
-    config = load_config(path, environ={
-        "FNHOST_SERVER__PORT": "9090",
-        "FNHOST_STORE__URL": "postgresql+asyncpg://u@h/db",
-        "FNHOST_RUNTIME__DENO__MAX_WARM": "7",
-        "FNHOST_PLUGINS__DISABLE": '["websocket"]',
-    })
+    config = load_config(
+        path,
+        environ={
+            "FNHOST_SERVER__PORT": "9090",
+            "FNHOST_STORE__URL": "postgresql+asyncpg://u@h/db",
+            "FNHOST_RUNTIME__DENO__MAX_WARM": "7",
+            "FNHOST_PLUGINS__DISABLE": '["websocket"]',
+        },
+    )
     assert config.server.port == 9090
     assert config.store.section("sql") == {"url": "postgresql+asyncpg://u@h/db"}
     assert config.runtime.section("deno")["max_warm"] == "7"  # the plugin's Struct converts it
@@ -70,8 +76,14 @@ def test_bad_key_or_value_names_it(raw: dict[str, object], named: str) -> None:
 
 def test_bad_config_stops_serve_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "fnhost.toml").write_text('[runtime.deno]\nmax_warm = "lots"\n')
-    result = subprocess.run([*FNHOST, "serve"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "NO_COLOR": "1"})
+    result = subprocess.run(
+        [*FNHOST, "serve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "runtime.deno.max_warm" in lines[0], result.stderr
@@ -80,8 +92,9 @@ def test_bad_config_stops_serve_with_one_line(tmp_path: Path) -> None:
 
 def test_unknown_runtime_stops_serve_with_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "FNHOST_RUNTIME__USE": "lambda", "NO_COLOR": "1"}
-    result = subprocess.run([*FNHOST, "serve"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60, env=env)
+    result = subprocess.run(
+        [*FNHOST, "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "'lambda'" in result.stderr
 

@@ -65,8 +65,13 @@ async def test_list_has_no_code_and_details_have_code_and_metrics(api: Api) -> N
     details = (await api.get("/functions/a-fn")).json()
     assert details["code"] == HELLO
     assert details["metrics"] == {
-        "total_invocations": 0, "error_count": 0, "error_rate": 0.0, "avg_duration_ms": 0.0,
-        "p50_duration_ms": 0.0, "p95_duration_ms": 0.0, "last_invocation": None,
+        "total_invocations": 0,
+        "error_count": 0,
+        "error_rate": 0.0,
+        "avg_duration_ms": 0.0,
+        "p50_duration_ms": 0.0,
+        "p95_duration_ms": 0.0,
+        "last_invocation": None,
     }
 
 
@@ -105,8 +110,9 @@ async def test_cron_and_websocket_triggers_are_stored(api: Api) -> None:
     assert [t["type"] for t in body["triggers"]] == ["http", "cron", "websocket"]
     assert body["triggers"][1]["config"] == triggers[1]["config"]
     assert body["triggers"][2]["config"] == {"event": "chat_message"}
-    cron_only = await api.deploy("tick", HELLO, expect=201,
-                                 trigger={"type": "cron", "config": {"schedule": "0 * * * * *"}})
+    cron_only = await api.deploy(
+        "tick", HELLO, expect=201, trigger={"type": "cron", "config": {"schedule": "0 * * * * *"}}
+    )
     assert cron_only.json()["trigger"]["config"] == {"schedule": "0 * * * * *", "timezone": "UTC"}
     assert cron_only.json()["url"] is None
     # No http trigger: not callable over /fn/.
@@ -114,7 +120,7 @@ async def test_cron_and_websocket_triggers_are_stored(api: Api) -> None:
 
 
 async def test_code_check_reports_syntax_error_with_line(api: Api) -> None:
-    bad = "export default async function handler(req) {\n  const x = ;\n  return new Response('x');\n}"
+    bad = "export default async function handler(req) {\n  const x = ;\n  return new Response();\n}"
     response = await api.deploy("broken", bad, expect=400)
     error = response.json()["error"]
     assert "handler.ts:2" in error, error
@@ -123,8 +129,9 @@ async def test_code_check_reports_syntax_error_with_line(api: Api) -> None:
 
 
 async def test_code_check_requires_default_export_function(api: Api) -> None:
-    response = await api.deploy("nodefault", "export const handler = () => new Response('x')",
-                                expect=400)
+    response = await api.deploy(
+        "nodefault", "export const handler = () => new Response('x')", expect=400
+    )
     assert "default export" in response.json()["error"]
     await api.deploy("notfn", "export default 42", expect=400)
 
@@ -156,24 +163,57 @@ async def test_failed_redeploy_keeps_the_running_version(api: Api) -> None:
         ({"name": "ok", "code": HELLO, "envVars": {"1BAD": "x"}}, 422, "envVars.1BAD"),
         ({"name": "ok", "code": HELLO, "envVars": {"A": 1}}, 422, "envVars"),
         ({"name": "ok", "code": HELLO, "trigger": {"type": "smtp"}}, 422, "trigger.type"),
-        ({"name": "ok", "code": HELLO, "trigger": {"type": "cron", "config": {}}}, 422,
-         "trigger.config.schedule"),
-        ({"name": "ok", "code": HELLO,
-          "trigger": {"type": "cron", "config": {"schedule": "61 * * * *"}}}, 422,
-         "trigger.config.schedule"),
-        ({"name": "ok", "code": HELLO,
-          "trigger": {"type": "cron", "config": {"schedule": "* * *"}}}, 422,
-         "trigger.config.schedule"),
-        ({"name": "ok", "code": HELLO,
-          "trigger": {"type": "cron", "config": {"schedule": "* * * * *", "timezone": "Mars/Base"}}},
-         422, "trigger.config.timezone"),
-        ({"name": "ok", "code": HELLO, "trigger": {"type": "websocket", "config": {}}}, 422,
-         "trigger.config.event"),
-        ({"name": "ok", "code": HELLO, "trigger": {"type": "http", "config": {"auth": "maybe"}}},
-         422, "trigger.config.auth"),
+        (
+            {"name": "ok", "code": HELLO, "trigger": {"type": "cron", "config": {}}},
+            422,
+            "trigger.config.schedule",
+        ),
+        (
+            {
+                "name": "ok",
+                "code": HELLO,
+                "trigger": {"type": "cron", "config": {"schedule": "61 * * * *"}},
+            },
+            422,
+            "trigger.config.schedule",
+        ),
+        (
+            {
+                "name": "ok",
+                "code": HELLO,
+                "trigger": {"type": "cron", "config": {"schedule": "* * *"}},
+            },
+            422,
+            "trigger.config.schedule",
+        ),
+        (
+            {
+                "name": "ok",
+                "code": HELLO,
+                "trigger": {
+                    "type": "cron",
+                    "config": {"schedule": "* * * * *", "timezone": "Mars/Base"},
+                },
+            },
+            422,
+            "trigger.config.timezone",
+        ),
+        (
+            {"name": "ok", "code": HELLO, "trigger": {"type": "websocket", "config": {}}},
+            422,
+            "trigger.config.event",
+        ),
+        (
+            {"name": "ok", "code": HELLO, "trigger": {"type": "http", "config": {"auth": "maybe"}}},
+            422,
+            "trigger.config.auth",
+        ),
         ({"name": "ok", "code": HELLO, "triggers": []}, 422, "triggers"),
-        ({"name": "ok", "code": HELLO, "triggers": [{"type": "http"}, {"type": "http"}]}, 422,
-         "triggers[1].type"),
+        (
+            {"name": "ok", "code": HELLO, "triggers": [{"type": "http"}, {"type": "http"}]},
+            422,
+            "triggers[1].type",
+        ),
     ],
 )
 async def test_bad_deploy_is_rejected_and_changes_nothing(
@@ -188,8 +228,11 @@ async def test_bad_deploy_is_rejected_and_changes_nothing(
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[]", b'"text"', b""])
 async def test_malformed_body_is_400(api: Api, raw: bytes) -> None:
-    response = await api.client.post("/v1/demo/functions", content=raw,
-                                     headers={**api.headers, "content-type": "application/json"})
+    response = await api.client.post(
+        "/v1/demo/functions",
+        content=raw,
+        headers={**api.headers, "content-type": "application/json"},
+    )
     assert response.status_code == 400, response.text
     assert set(response.json()) <= {"error", "detail"}
 
@@ -201,9 +244,13 @@ async def test_bad_app_id_is_400(api: Api) -> None:
 
 
 async def test_unknown_function_is_404(api: Api) -> None:
-    for response in (await api.get("/functions/nope"), await api.get("/functions/nope/logs"),
-                     await api.patch_env("nope", {"A": "b"}), await api.invoke("nope"),
-                     await api.call("nope")):
+    for response in (
+        await api.get("/functions/nope"),
+        await api.get("/functions/nope/logs"),
+        await api.patch_env("nope", {"A": "b"}),
+        await api.invoke("nope"),
+        await api.call("nope"),
+    ):
         assert response.status_code == 404, response.text
         assert "nope" in response.json()["error"]
 
@@ -211,7 +258,12 @@ async def test_unknown_function_is_404(api: Api) -> None:
 async def test_openapi_schema_lists_every_route(api: Api) -> None:
     schema = (await api.client.get("/schema/openapi.json")).json()
     paths = schema["paths"]
-    for path in ("/v1/{app_id}/functions", "/v1/{app_id}/functions/{name}",
-                 "/v1/{app_id}/functions/{name}/invoke", "/v1/{app_id}/functions/{name}/logs",
-                 "/v1/{app_id}/functions/{name}/env", "/v1/{app_id}/fn/{name}"):
+    for path in (
+        "/v1/{app_id}/functions",
+        "/v1/{app_id}/functions/{name}",
+        "/v1/{app_id}/functions/{name}/invoke",
+        "/v1/{app_id}/functions/{name}/logs",
+        "/v1/{app_id}/functions/{name}/env",
+        "/v1/{app_id}/fn/{name}",
+    ):
         assert path in paths, sorted(paths)

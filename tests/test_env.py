@@ -33,8 +33,11 @@ async def test_bad_patches_are_rejected_and_change_nothing(api: Api) -> None:
     for body, status in (({"1X": "v"}, 422), ({"A": 5}, 422), ({"A-B": "v"}, 422)):
         response = await api.patch_env("env", body)
         assert response.status_code == status, (body, response.text)
-    not_object = await api.client.patch("/v1/demo/functions/env/env", content=b"[1]",
-                                        headers={**api.headers, "content-type": "application/json"})
+    not_object = await api.client.patch(
+        "/v1/demo/functions/env/env",
+        content=b"[1]",
+        headers={**api.headers, "content-type": "application/json"},
+    )
     assert not_object.status_code == 400
     assert (await api.call("env")).json()["ctx"] == {"A": "alpha"}
 
@@ -75,8 +78,10 @@ async def test_env_values_never_appear_in_responses_or_logs(api: Api) -> None:
     code = "export default () => new Response('done')"
     await api.deploy("quiet", code, expect=201, envVars={"TOKEN": secret})
     responses = [
-        await api.get("/functions"), await api.get("/functions/quiet"),
-        await api.invoke("quiet"), await api.get("/functions/quiet/logs"),
+        await api.get("/functions"),
+        await api.get("/functions/quiet"),
+        await api.invoke("quiet"),
+        await api.get("/functions/quiet/logs"),
         await api.patch_env("quiet", {"OTHER": "x"}),
     ]
     for response in responses:

@@ -27,8 +27,14 @@ from tests.conftest import ADMIN, HELLO, Api
 
 
 async def start(tmp_path: Path, *plugins: Any, **sections: Any) -> AsyncIterator[Api]:
-    config = make_config(tmp_path, server={"data_dir": str(tmp_path), "admin_key": ADMIN[
-        "Authorization"].removeprefix("Bearer ")}, **sections)
+    config = make_config(
+        tmp_path,
+        server={
+            "data_dir": str(tmp_path),
+            "admin_key": ADMIN["Authorization"].removeprefix("Bearer "),
+        },
+        **sections,
+    )
     platform = Platform(config, create_plugin_manager(extra=list(plugins)))
     async with AsyncTestClient(app=create_app(platform), timeout=60) as client:
         yield Api(client)
@@ -91,8 +97,11 @@ async def test_hook_fnhost_triggers(tmp_path: Path) -> None:
             return [QueueTrigger]
 
     async for api in start(tmp_path, Plugin()):
-        body = (await api.deploy("q", HELLO, expect=201,
-                                 trigger={"type": "queue", "config": {"topic": "jobs"}})).json()
+        body = (
+            await api.deploy(
+                "q", HELLO, expect=201, trigger={"type": "queue", "config": {"topic": "jobs"}}
+            )
+        ).json()
         assert body["trigger"] == {"type": "queue", "config": {"topic": "jobs"}, "subscribed": True}
         bad = await api.deploy("q2", HELLO, trigger={"type": "queue", "config": {"topic": 1}})
         assert bad.status_code == 422 and "trigger.config.topic" in bad.json()["error"]
@@ -137,8 +146,9 @@ async def test_hook_fnhost_shutdown(tmp_path: Path, events: list[Any]) -> None:
 async def test_hook_fnhost_function_deployed(tmp_path: Path, events: list[Any]) -> None:
     class Plugin:
         @hookimpl
-        async def fnhost_function_deployed(self, platform: Platform,
-                                           function: FunctionDefinition) -> None:
+        async def fnhost_function_deployed(
+            self, platform: Platform, function: FunctionDefinition
+        ) -> None:
             events.append((function.name, function.version, function.env_var_names))
 
     async for api in start(tmp_path, Plugin()):
@@ -152,8 +162,7 @@ async def test_hook_fnhost_function_deployed(tmp_path: Path, events: list[Any]) 
 async def test_hook_fnhost_function_deleted(tmp_path: Path, events: list[Any]) -> None:
     class Plugin:
         @hookimpl
-        def fnhost_function_deleted(self, platform: Platform,
-                                    function: FunctionDefinition) -> None:
+        def fnhost_function_deleted(self, platform: Platform, function: FunctionDefinition) -> None:
             events.append(function.name)
 
     async for api in start(tmp_path, Plugin()):
@@ -166,9 +175,9 @@ async def test_hook_fnhost_function_deleted(tmp_path: Path, events: list[Any]) -
 async def test_hook_fnhost_invocation_finished(tmp_path: Path, events: list[Any]) -> None:
     class Observer:
         @hookimpl
-        async def fnhost_invocation_finished(self, platform: Platform,
-                                             function: FunctionDefinition,
-                                             record: InvocationRecord) -> None:
+        async def fnhost_invocation_finished(
+            self, platform: Platform, function: FunctionDefinition, record: InvocationRecord
+        ) -> None:
             events.append((function.name, record.status_code, record.trigger))
 
     class BrokenObserver:
@@ -182,5 +191,3 @@ async def test_hook_fnhost_invocation_finished(tmp_path: Path, events: list[Any]
         assert response.status_code == 200  # a broken observer does not break calls
         await api.invoke("f")
     assert events == [("f", 200, "http"), ("f", 200, "test")]
-
-

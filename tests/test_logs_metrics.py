@@ -18,8 +18,19 @@ async def test_log_records_carry_every_field(api: Api) -> None:
     await api.deploy("flaky", FLAKY, expect=201)
     await api.call("flaky", "/a/b", method="POST")
     [record] = await api.logs("flaky")
-    assert set(record) >= {"id", "timestamp", "trigger", "method", "path", "status_code",
-                           "duration_ms", "memory_mb", "error", "level", "logs"}
+    assert set(record) >= {
+        "id",
+        "timestamp",
+        "trigger",
+        "method",
+        "path",
+        "status_code",
+        "duration_ms",
+        "memory_mb",
+        "error",
+        "level",
+        "logs",
+    }
     assert record["trigger"] == "http" and record["method"] == "POST"
     assert record["path"] == "/a/b" and record["status_code"] == 200
     assert record["error"] is None and record["level"] == "info"
@@ -49,8 +60,14 @@ async def test_logs_newest_first_with_limit_level_and_since(api: Api) -> None:
 
 async def test_bad_log_queries_are_rejected(api: Api) -> None:
     await api.deploy("flaky", FLAKY, expect=201)
-    for params in ({"limit": 0}, {"limit": 1001}, {"limit": "x"}, {"level": "debug"},
-                   {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": "x"},
+        {"level": "debug"},
+        {"since": "yesterday"},
+        {"since": "2026-01-01T00:00:00"},
+    ):
         response = await api.get("/functions/flaky/logs", params=params)
         assert response.status_code in (400, 422), (params, response.text)
         assert "error" in response.json()

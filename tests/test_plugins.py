@@ -24,7 +24,8 @@ from fnhost.testing import make_config
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK_NAMES = sorted(
-    name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+    name
+    for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
     if name.startswith("fnhost_")
 )
 
@@ -45,7 +46,8 @@ class ShoutRuntime(Runtime):
 
     async def invoke(self, function: FunctionSpec, request: InvocationRequest) -> InvocationResult:
         return InvocationResult(
-            status_code=200, headers=[("content-type", "text/plain")],
+            status_code=200,
+            headers=[("content-type", "text/plain")],
             body=f"{function.code.upper()}{self.config.suffix} ({request.method})".encode(),
             memory_mb=1.0,
         )
@@ -61,20 +63,24 @@ class ShoutPlugin:
 
 
 async def test_third_party_runtime_replaces_the_bundled_one(tmp_path: Path) -> None:
-    config = make_config(tmp_path, runtime={"use": "shout", "shout": {"suffix": "!!"}},
-                         plugins={"disable": ["deno"]})
-    pm = create_plugin_manager(config.plugins.modules, config.plugins.disable,
-                               extra=[ShoutPlugin()])
+    config = make_config(
+        tmp_path, runtime={"use": "shout", "shout": {"suffix": "!!"}}, plugins={"disable": ["deno"]}
+    )
+    pm = create_plugin_manager(
+        config.plugins.modules, config.plugins.disable, extra=[ShoutPlugin()]
+    )
     platform = Platform(config, pm)
     assert isinstance(platform.runtime, ShoutRuntime)
     async with AsyncTestClient(app=create_app(platform)) as client:
         key = (tmp_path / "admin.key").read_text().strip()
         headers = {"Authorization": f"Bearer {key}"}
-        created = await client.post("/v1/app/functions", json={"name": "hey", "code": "hello"},
-                                    headers=headers)
+        created = await client.post(
+            "/v1/app/functions", json={"name": "hey", "code": "hello"}, headers=headers
+        )
         assert created.status_code == 201, created.text
-        bad = await client.post("/v1/app/functions", json={"name": "no", "code": "two words"},
-                                headers=headers)
+        bad = await client.post(
+            "/v1/app/functions", json={"name": "no", "code": "two words"}, headers=headers
+        )
         assert bad.status_code == 400 and "one word" in bad.json()["error"]
         called = await client.post("/v1/app/fn/hey")
         assert called.text == "HELLO!! (POST)"
@@ -121,8 +127,9 @@ def test_plugin_module_from_config_is_loaded(tmp_path: Path) -> None:
     module.fnhost_runtimes = ShoutPlugin().fnhost_runtimes  # type: ignore[attr-defined]
     sys.modules[module.__name__] = module
     try:
-        config = make_config(tmp_path, runtime={"use": "shout"},
-                             plugins={"modules": ["shout_plugin_module"]})
+        config = make_config(
+            tmp_path, runtime={"use": "shout"}, plugins={"modules": ["shout_plugin_module"]}
+        )
         assert isinstance(Platform(config).runtime, ShoutRuntime)
     finally:
         del sys.modules[module.__name__]
@@ -154,11 +161,19 @@ def test_plugin_hooks_are_documented() -> None:
     guide = (ROOT / "docs" / "plugins.md").read_text()
     for name in HOOK_NAMES:
         assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
-        assert re.search(rf"^#+ `{name}", guide, re.M), f"{name} is not documented in docs/plugins.md"
+        assert re.search(rf"^#+ `{name}", guide, re.M), (
+            f"{name} is not documented in docs/plugins.md"
+        )
 
 
 def test_plugin_hooks_have_tests() -> None:
     tree = ast.parse((Path(__file__).parent / "test_hooks.py").read_text())
-    tested = {node.name for node in ast.walk(tree) if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef)}
+    tested = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef)
+    }
     for name in HOOK_NAMES:
-        assert f"test_hook_{name}" in tested, f"hook {name} has no test_hook_{name} in test_hooks.py"
+        assert f"test_hook_{name}" in tested, (
+            f"hook {name} has no test_hook_{name} in test_hooks.py"
+        )

@@ -185,6 +185,10 @@ class Trigger(PluginObject):
         """Extra fields shown in the function's details (e.g. the next fire time)."""
         return {}
 
+    async def publish(self, app_id: str, channel: str, data: Any) -> None:
+        """Deliver a function's `ctx.publish(channel, data)` to this trigger's subscribers
+        of that app (on every process). Triggers without subscribers ignore it."""
+
 
 def validation_message(exc: msgspec.ValidationError, prefix: str) -> str:
     """Turn msgspec's "Expected `int` - at `$.x`" into "prefix.x: expected int"."""

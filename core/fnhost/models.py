@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
@@ -78,7 +79,13 @@ class LogLine(msgspec.Struct, frozen=True):
 
 class InvocationResult(msgspec.Struct, kw_only=True):
     """What a runtime answers. `status_code`, `headers` and `body` are the function's own
-    Response when `outcome` is "ok"; otherwise `error` says why it failed."""
+    Response when `outcome` is "ok"; otherwise `error` says why it failed.
+
+    A streamed body comes as `stream` (and `body` stays empty): an async iterator of
+    chunks, consumed once by the core as they are produced. The runtime updates this
+    same object (outcome, error, duration_ms, memory_mb, logs) before the iterator
+    ends, so those fields are final only once the stream is exhausted or closed.
+    """
 
     outcome: Outcome = "ok"
     status_code: int = 200
@@ -88,6 +95,7 @@ class InvocationResult(msgspec.Struct, kw_only=True):
     duration_ms: float = 0.0
     memory_mb: float = 0.0
     logs: list[LogLine] = msgspec.field(default_factory=list)
+    stream: AsyncIterator[bytes] | None = None
 
 
 class InvocationRecord(msgspec.Struct, kw_only=True, frozen=True):

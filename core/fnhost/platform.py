@@ -89,6 +89,17 @@ class Platform:
                 except Exception:
                     log.exception("stopping %s failed", type(obj).__name__)
 
+    async def publish(self, app_id: str, channel: str, data: Any) -> None:
+        """A function's `ctx.publish(channel, data)`: runtimes call this; every trigger
+        that has subscribers (the WebSocket trigger) delivers it."""
+        for trigger in self.triggers.values():
+            try:
+                await trigger.publish(app_id, channel, data)
+            except Exception:
+                log.exception(
+                    "trigger %s failed to publish on %s/%s", trigger.name, app_id, channel
+                )
+
     async def call_hook(self, name: str, **kwargs: Any) -> list[Any]:
         """Call a hook and await every result that is awaitable (pluggy is synchronous)."""
         results = getattr(self.pm.hook, name)(**kwargs)

@@ -6,9 +6,11 @@ runtime plugins own mechanism.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -254,8 +256,14 @@ class FunctionService:
         *,
         trigger: str,
         path: str,
+        buffer: bool = True,
     ) -> tuple[InvocationResult, InvocationRecord]:
-        """Run one invocation and record it (every outcome, exactly once)."""
+        """Run one invocation and record it (every outcome, exactly once).
+
+        A streamed body is read to the end first when `buffer` is true. Otherwise the
+        result's `stream` is handed back wrapped, the record returned is provisional,
+        and the final record is written when the stream ends or the caller goes away.
+        """
         started = utcnow()
         clock = time.perf_counter()
         try:
@@ -273,9 +281,51 @@ class FunctionService:
             result = InvocationResult(
                 outcome="crash", error=f"runtime failure: {type(exc).__name__}"
             )
+        if result.stream is not None:
+            if not buffer:
+                result.stream = self._recorded_stream(
+                    result.stream, result, function, request, trigger, path, started, clock
+                )
+                return result, self._record(result, function, request, trigger, path, started)
+            result.body = b"".join([chunk async for chunk in result.stream])
+            result.stream = None
         if not result.duration_ms:
             result.duration_ms = (time.perf_counter() - clock) * 1000
-        record = InvocationRecord(
+        record = self._record(result, function, request, trigger, path, started)
+        await self._finish(function, record)
+        return result, record
+
+    async def _recorded_stream(
+        self,
+        chunks: AsyncIterator[bytes],
+        result: InvocationResult,
+        function: StoredFunction,
+        request: InvocationRequest,
+        trigger: str,
+        path: str,
+        started: datetime,
+        clock: float,
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            if not result.duration_ms:
+                result.duration_ms = (time.perf_counter() - clock) * 1000
+            record = self._record(result, function, request, trigger, path, started)
+            # Shielded: a caller that disconnects mid-stream cancels us, not the record.
+            await asyncio.shield(asyncio.ensure_future(self._finish(function, record)))
+
+    def _record(
+        self,
+        result: InvocationResult,
+        function: StoredFunction,
+        request: InvocationRequest,
+        trigger: str,
+        path: str,
+        started: datetime,
+    ) -> InvocationRecord:
+        return InvocationRecord(
             id=request.invocation_id,
             app_id=function.app_id,
             function_name=function.name,
@@ -291,11 +341,12 @@ class FunctionService:
             level="info" if result.outcome == "ok" else "error",
             logs=tuple(result.logs),
         )
+
+    async def _finish(self, function: StoredFunction, record: InvocationRecord) -> None:
         await self.records.append(record)
         await self.platform.notify(
             "fnhost_invocation_finished", platform=self.platform, function=function, record=record
         )
-        return result, record
 
     async def logs(self, app_id: str, name: str, query: LogQuery) -> list[InvocationRecord]:
         await self.get(app_id, name)

@@ -13,6 +13,7 @@ from litestar import Request, route
 from litestar.enums import HttpMethod
 from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
 
 from fnhost.api.state import platform_of
 from fnhost.errors import NotFound, TooLarge
@@ -108,7 +109,9 @@ async def run_public_call(
         body=body,
         trigger={"type": "http"},
     )
-    result, record = await platform.service.invoke(function, invocation, trigger="http", path=path)
+    result, record = await platform.service.invoke(
+        function, invocation, trigger="http", path=path, buffer=method == "HEAD"
+    )
     if result.outcome != "ok":
         return json_response(
             record.status_code,
@@ -119,6 +122,16 @@ async def run_public_call(
         for k, v in result.headers
         if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
     ]
+    if result.stream is not None:
+        streamed = ASGIStreamingResponse(
+            iterator=result.stream,
+            status_code=result.status_code,
+            media_type="application/octet-stream",
+            is_head_response=method == "HEAD",
+        )
+        for key, value in headers:
+            streamed.headers.add(key, value)
+        return streamed
     return ASGIResponse(
         body=b"" if method == "HEAD" else result.body,
         status_code=result.status_code,
