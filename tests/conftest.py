@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
+from litestar import Litestar
 
 from fnhost.api import create_app
 from fnhost.platform import Platform
@@ -90,9 +92,39 @@ async def platform(tmp_path: Path, config_sections: dict[str, Any]) -> Platform:
     return Platform(make_config(tmp_path / "data", **sections))
 
 
+@asynccontextmanager
+async def serve_in_process(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on this test's event loop (so requests really run concurrently and tests
+    may use the platform directly), lifespan included."""
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def run_lifespan() -> None:
+        # In a task of its own: pytest-asyncio may tear fixtures down in another task,
+        # and the lifespan's cancel scopes must be exited where they were entered.
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    lifespan = asyncio.create_task(run_lifespan())
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait([lifespan, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if lifespan.done():
+        waiter.cancel()
+        lifespan.result()  # start-up failed: raise its error
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver.local", timeout=60
+        ) as client:
+            yield client
+    finally:
+        stop.set()
+        await lifespan
+
+
 @pytest.fixture
 async def client(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    async with AsyncTestClient(app=create_app(platform), timeout=60) as test_client:
+    async with serve_in_process(create_app(platform)) as test_client:
         yield test_client
 
 

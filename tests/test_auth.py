@@ -7,12 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from fnhost.api import create_app
 from fnhost.platform import Platform
 from fnhost.testing import make_config
-from tests.conftest import HELLO, Api
+from tests.conftest import HELLO, Api, serve_in_process
 
 MANAGEMENT_ROUTES = [
     ("GET", "/v1/demo/functions"),
@@ -63,7 +62,7 @@ async def test_admin_key_is_generated_once_hashed_and_0600(tmp_path: Path) -> No
     data = tmp_path / "data"
     printed: list[str | None] = []
     platform = Platform(make_config(data))
-    async with AsyncTestClient(app=create_app(platform, on_ready=lambda _, k: printed.append(k))):
+    async with serve_in_process(create_app(platform, on_ready=lambda _, k: printed.append(k))):
         pass
     key_file = data / "admin.key"
     key = key_file.read_text().strip()
@@ -77,8 +76,8 @@ async def test_admin_key_is_generated_once_hashed_and_0600(tmp_path: Path) -> No
     # Second start: the same key, not printed again, and it works.
     printed.clear()
     platform = Platform(make_config(data))
-    async with AsyncTestClient(
-        app=create_app(platform, on_ready=lambda _, k: printed.append(k))
+    async with serve_in_process(
+        create_app(platform, on_ready=lambda _, k: printed.append(k))
     ) as client:
         assert printed == [None]
         response = await client.get(

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import pytest
 from litestar import get
-from litestar.testing import AsyncTestClient
 
 from fnhost import hookimpl
 from fnhost.api import create_app
@@ -23,7 +22,7 @@ from fnhost.platform import Platform
 from fnhost.plugins import create_plugin_manager
 from fnhost.testing import make_config
 from fnhost_sql.store import SqlStore
-from tests.conftest import ADMIN, HELLO, Api
+from tests.conftest import ADMIN, HELLO, Api, serve_in_process
 
 
 async def start(tmp_path: Path, *plugins: Any, **sections: Any) -> AsyncIterator[Api]:
@@ -36,7 +35,7 @@ async def start(tmp_path: Path, *plugins: Any, **sections: Any) -> AsyncIterator
         **sections,
     )
     platform = Platform(config, create_plugin_manager(extra=list(plugins)))
-    async with AsyncTestClient(app=create_app(platform), timeout=60) as client:
+    async with serve_in_process(create_app(platform)) as client:
         yield Api(client)
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from litestar.testing import AsyncTestClient
 
 from fnhost import hookimpl, hookspecs
 from fnhost.api import create_app
@@ -21,6 +20,7 @@ from fnhost.models import FunctionDefinition, FunctionSpec, InvocationRequest, I
 from fnhost.platform import Platform
 from fnhost.plugins import PluginRegistry, create_plugin_manager, describe_plugins
 from fnhost.testing import make_config
+from tests.conftest import serve_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK_NAMES = sorted(
@@ -71,7 +71,7 @@ async def test_third_party_runtime_replaces_the_bundled_one(tmp_path: Path) -> N
     )
     platform = Platform(config, pm)
     assert isinstance(platform.runtime, ShoutRuntime)
-    async with AsyncTestClient(app=create_app(platform)) as client:
+    async with serve_in_process(create_app(platform)) as client:
         key = (tmp_path / "admin.key").read_text().strip()
         headers = {"Authorization": f"Bearer {key}"}
         created = await client.post(

@@ -40,6 +40,22 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     function_cache_seconds: float = 1.0
 
 
+class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Limits that protect the host; 0 disables a rate or a count limit."""
+
+    max_functions_per_app: int = 1000
+    max_env_vars: int = 100
+    max_env_value_bytes: int = 32 * 1024
+    max_log_lines_per_invocation: int = 500
+    max_log_line_bytes: int = 8 * 1024
+    # Token buckets per app and process: sustained rate per second, burst = 2 x rate.
+    calls_per_second_per_app: float = 2000.0
+    management_per_second_per_app: float = 50.0
+    max_concurrent_per_function: int = 256
+    log_retention_days: float = 30.0
+    log_retention_per_function: int = 100_000
+
+
 class PluginsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     modules: list[str] = msgspec.field(default_factory=list)
     disable: list[str] = msgspec.field(default_factory=list)
@@ -61,6 +77,7 @@ class Config(msgspec.Struct, kw_only=True):
     runtime: Selection = msgspec.field(default_factory=lambda: Selection(use="deno"))
     trigger: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     source: str = "defaults"  # where the config came from, for messages
 
     @property
@@ -97,12 +114,13 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 def parse_config(raw: dict[str, Any], source: str = "defaults") -> Config:
     """Validate a raw config mapping into a `Config`."""
     raw = dict(raw)
-    unknown = set(raw) - {"server", "store", "runtime", "trigger", "plugins"}
+    unknown = set(raw) - {"server", "store", "runtime", "trigger", "plugins", "limits"}
     if unknown:
         raise ConfigError(f"{source}: unknown config key {sorted(unknown)[0]!r}")
     try:
         server = msgspec.convert(raw.get("server", {}), ServerConfig, strict=False)
         plugins = msgspec.convert(raw.get("plugins", {}), PluginsConfig, strict=False)
+        limits = msgspec.convert(raw.get("limits", {}), LimitsConfig, strict=False)
     except msgspec.ValidationError:
         raise ConfigError(f"{source}: {_first_invalid_key(raw)}") from None
     _check_port(server, source)
@@ -115,6 +133,7 @@ def parse_config(raw: dict[str, Any], source: str = "defaults") -> Config:
         runtime=_selection(raw.get("runtime", {}), "runtime", "deno", source),
         trigger=trigger,
         plugins=plugins,
+        limits=limits,
         source=source,
     )
 
@@ -132,7 +151,8 @@ def plugin_config(struct: type[msgspec.Struct], raw: dict[str, Any], key: str) -
 def _first_invalid_key(raw: dict[str, Any]) -> str:
     from fnhost.contracts import validation_message
 
-    for section, struct in (("server", ServerConfig), ("plugins", PluginsConfig)):
+    sections = (("server", ServerConfig), ("plugins", PluginsConfig), ("limits", LimitsConfig))
+    for section, struct in sections:
         try:
             msgspec.convert(raw.get(section, {}), struct, strict=False)
         except msgspec.ValidationError as exc:
@@ -215,6 +235,18 @@ use = "deno"                # or "docker"
 [runtime.deno]
 max_warm = 50               # warm workers kept, least recently used evicted
 idle_seconds = 300          # a worker idle this long is stopped
+
+[limits]                    # 0 disables a limit
+max_functions_per_app = 1000
+max_env_vars = 100
+max_env_value_bytes = 32768
+max_log_lines_per_invocation = 500   # console lines kept per invocation (then a marker)
+max_log_line_bytes = 8192            # longer lines are cut, with a marker
+calls_per_second_per_app = 2000.0    # public calls, per process (429 with Retry-After)
+management_per_second_per_app = 50.0 # management API calls, per process
+max_concurrent_per_function = 256    # invocations in flight per function, per process
+log_retention_days = 30.0            # invocation records older than this are deleted
+log_retention_per_function = 100000  # and only the newest this many are kept
 
 [plugins]
 modules = []                # extra plugin modules to load (besides entry points)

@@ -17,6 +17,7 @@ from fnhost.config import Config, plugin_config
 from fnhost.contracts import PluginObject, Runtime, Store, Trigger
 from fnhost.crypto import EnvCipher
 from fnhost.errors import ConfigError
+from fnhost.limits import RateLimiter
 from fnhost.plugins import PluginRegistry, Provided, create_plugin_manager
 
 log = logging.getLogger("fnhost")
@@ -37,11 +38,15 @@ class Platform:
             for name, provided in self.registry.triggers.items()
         }
         self.cipher = EnvCipher.from_config(config)
+        from fnhost.enduser import EndUserAuth
         from fnhost.keys import KeyRing
         from fnhost.service import FunctionService
 
         self.service = FunctionService(self)
         self.keys = KeyRing(self)
+        self.end_users = EndUserAuth(self)
+        self.call_limiter = RateLimiter(config.limits.calls_per_second_per_app)
+        self.management_limiter = RateLimiter(config.limits.management_per_second_per_app)
         self._started: list[PluginObject] = []
 
     def _build(self, kind: str, provided: Provided) -> PluginObject:

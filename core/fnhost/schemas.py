@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from fnhost.enduser import AuthSettings
+
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=300_000)]
 MemoryLimitMb = Annotated[int, msgspec.Meta(ge=64, le=1024)]
 
@@ -109,3 +111,20 @@ class LogList(msgspec.Struct):
 class ErrorBody(msgspec.Struct, omit_defaults=True):
     error: str
     detail: Any = None
+
+
+class WebSocketSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+    require_token: bool = False
+
+
+class AppSettingsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """PUT /v1/{app_id}/settings: end-user auth and WebSocket settings of an app."""
+
+    auth: AuthSettings | None = None
+    websocket: WebSocketSettings | None = None
+
+
+class AppSettingsView(msgspec.Struct, kw_only=True):
+    app_id: str
+    auth: dict[str, Any]
+    websocket: dict[str, Any]

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fnhost.errors import Conflict, InvalidField, NotFound, TooLarge
+from fnhost.errors import Conflict, InvalidField, NotFound, RateLimited, TooLarge, Unavailable
+from fnhost.limits import ConcurrencyLimiter
 from fnhost.models import (
     FunctionMetrics,
     FunctionSpec,
     InvocationRecord,
     InvocationRequest,
     InvocationResult,
+    LogLine,
     LogQuery,
     StoredFunction,
     TriggerSpec,
@@ -37,8 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fnhost.service")
 
 MAX_DEPLOY_RETRIES = 5
-MAX_ENV_VARS = 100
-MAX_ENV_VALUE_BYTES = 32 * 1024
 MAX_CACHED_DEFINITIONS = 10_000
 
 
@@ -50,6 +50,8 @@ class FunctionService:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.records = RecordWriter(platform)
+        self.limits = platform.config.limits
+        self.in_flight = ConcurrencyLimiter(self.limits.max_concurrent_per_function)
         self._specs: dict[tuple[str, str], FunctionSpec] = {}
         self._definitions: dict[tuple[str, str], tuple[float, StoredFunction | None]] = {}
 
@@ -79,6 +81,8 @@ class FunctionService:
         env = self._validate_env(request.env_vars or {}) if request.env_vars is not None else None
         for _ in range(MAX_DEPLOY_RETRIES):
             current = await self.platform.store.get_function(app_id, request.name)
+            if current is None:
+                await self._check_function_count(app_id)
             now = utcnow()
             encrypted_env = (
                 {k: self.platform.cipher.encrypt(v) for k, v in env.items()}
@@ -144,16 +148,26 @@ class FunctionService:
         return tuple(specs)
 
     def _validate_env(self, env: dict[str, Any], field: str = "envVars") -> dict[str, Any]:
-        if len(env) > MAX_ENV_VARS:
-            raise InvalidField(f"{field}: at most {MAX_ENV_VARS} env vars", {"field": field})
+        self._check_env_count(len(env), field)
+        max_bytes = self.limits.max_env_value_bytes
         for key, value in env.items():
             check_env_name(key, f"{field}.{key}")
-            if value is not None and len(value.encode()) > MAX_ENV_VALUE_BYTES:
+            if value is not None and max_bytes and len(value.encode()) > max_bytes:
                 raise TooLarge(
-                    f"{field}.{key}: value larger than {MAX_ENV_VALUE_BYTES} bytes",
+                    f"{field}.{key}: value larger than {max_bytes} bytes",
                     {"field": f"{field}.{key}"},
                 )
         return env
+
+    def _check_env_count(self, count: int, field: str) -> None:
+        limit = self.limits.max_env_vars
+        if limit and count > limit:
+            raise InvalidField(f"{field}: at most {limit} env vars", {"field": field})
+
+    async def _check_function_count(self, app_id: str) -> None:
+        limit = self.limits.max_functions_per_app
+        if limit and len(await self.platform.store.list_functions(app_id)) >= limit:
+            raise Conflict(f"app {app_id!r} has reached limits.max_functions_per_app ({limit})")
 
     async def get(self, app_id: str, name: str) -> StoredFunction:
         check_app_id(app_id)
@@ -171,16 +185,21 @@ class FunctionService:
         now = time.monotonic()
         if cached is None or cached[0] < now:
             check_app_id(app_id)
-            function = await self.platform.store.get_function(app_id, name)
+            try:
+                function = await self.platform.store.get_function(app_id, name)
+            except Unavailable:
+                if cached is None:
+                    raise
+                # The store is down: keep serving the definition we last saw.
+                log.warning("store unavailable; serving %s/%s from cache", app_id, name)
+                return _found(cached[1], app_id, name)
             if ttl > 0:
                 if len(self._definitions) >= MAX_CACHED_DEFINITIONS:
                     self._definitions.clear()  # bounded: unknown names must not grow it forever
                 self._definitions[key] = (now + ttl, function)
         else:
             function = cached[1]
-        if function is None:
-            raise NotFound(f"function {name!r} not found in app {app_id!r}")
-        return function
+        return _found(function, app_id, name)
 
     def _forget(self, app_id: str, name: str) -> None:
         self._definitions.pop((app_id, name), None)
@@ -213,8 +232,7 @@ class FunctionService:
                     encrypted.pop(key, None)
                 else:
                     encrypted[key] = self.platform.cipher.encrypt(value)
-            if len(encrypted) > MAX_ENV_VARS:
-                raise InvalidField(f"env: at most {MAX_ENV_VARS} env vars", {"field": "env"})
+            self._check_env_count(len(encrypted), "env")
             function = msgspec.structs.replace(
                 current,
                 encrypted_env=encrypted,
@@ -267,8 +285,9 @@ class FunctionService:
         started = utcnow()
         clock = time.perf_counter()
         try:
-            result = await self.platform.runtime.invoke(self.spec_of(function), request)
-        except TooLarge:
+            with self.in_flight.hold(f"{function.app_id}/{function.name}", function.name):
+                result = await self.platform.runtime.invoke(self.spec_of(function), request)
+        except (TooLarge, RateLimited):
             raise
         except Exception as exc:
             # A runtime bug must not lose the record nor leak a traceback to the caller.
@@ -339,8 +358,32 @@ class FunctionService:
             memory_mb=round(result.memory_mb, 1),
             error=result.error if result.outcome != "ok" else None,
             level="info" if result.outcome == "ok" else "error",
-            logs=tuple(result.logs),
+            logs=self._bounded_logs(result.logs),
         )
+
+    def _bounded_logs(self, lines: list[LogLine]) -> tuple[LogLine, ...]:
+        """Console lines as recorded: at most `max_log_lines_per_invocation`, each at most
+        `max_log_line_bytes`, with a marker saying what was cut (as Supabase and Appwrite do)."""
+        max_lines = self.limits.max_log_lines_per_invocation or len(lines)
+        max_bytes = self.limits.max_log_line_bytes
+        kept = []
+        for line in lines[:max_lines]:
+            raw = line.message.encode()
+            if max_bytes and len(raw) > max_bytes:
+                cut = raw[:max_bytes].decode("utf-8", "ignore")
+                line = LogLine(
+                    line.level, f"{cut}… [truncated {len(raw) - max_bytes} bytes]", line.timestamp
+                )
+            kept.append(line)
+        if len(lines) > max_lines:
+            kept.append(
+                LogLine(
+                    "warn",
+                    f"[truncated: {len(lines) - max_lines} more log lines]",
+                    lines[max_lines].timestamp,
+                )
+            )
+        return tuple(kept)
 
     async def _finish(self, function: StoredFunction, record: InvocationRecord) -> None:
         await self.records.append(record)
@@ -362,6 +405,12 @@ OUTCOME_STATUS = {"error": 500, "bad_return": 500, "timeout": 504, "memory": 502
 def caller_status(result: InvocationResult) -> int:
     """The status the caller sees: the function's own, or the one its failure maps to."""
     return result.status_code if result.outcome == "ok" else OUTCOME_STATUS[result.outcome]
+
+
+def _found(function: StoredFunction | None, app_id: str, name: str) -> StoredFunction:
+    if function is None:
+        raise NotFound(f"function {name!r} not found in app {app_id!r}")
+    return function
 
 
 def new_invocation_id() -> str:

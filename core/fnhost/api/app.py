@@ -12,6 +12,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from fnhost import __version__
+from fnhost.api.apps import AppSettingsController
 from fnhost.api.calls import call_function, call_function_path
 from fnhost.api.errors import EXCEPTION_HANDLERS
 from fnhost.api.functions import FunctionsController
@@ -58,6 +59,7 @@ def create_app(
         route_handlers=[
             health,
             FunctionsController,
+            AppSettingsController,
             call_function,
             call_function_path,
             *plugin_routes,

@@ -19,3 +19,4 @@ async def require_app_access(
     principal = await platform.keys.authenticate(connection.headers.get("authorization"))
     app_id = check_app_id(str(connection.path_params.get("app_id", "")))
     principal.require_app(app_id)
+    platform.management_limiter.acquire(app_id, f"management calls of app {app_id!r}")

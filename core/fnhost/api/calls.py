@@ -84,6 +84,7 @@ async def run_public_call(
 ) -> ASGIResponse:
     platform = platform_of(request)
     check_app_id(app_id)
+    platform.call_limiter.acquire(app_id, f"calls of app {app_id!r}")
     function = await platform.service.resolve(app_id, name)
     http = function.trigger_of("http")
     if http is None:
@@ -96,6 +97,9 @@ async def run_public_call(
             {"error": f"method {method} not allowed; this function accepts {allowed}"},
             [("allow", allowed)],
         )
+    user = await platform.end_users.user_of(
+        app_id, request.headers.get("authorization"), http.config.get("auth", "none")
+    )
     limit = platform.config.server.max_body_bytes
     body = await request.body()
     if len(body) > limit:
@@ -108,6 +112,7 @@ async def run_public_call(
         headers=_forwarded_headers(request),
         body=body,
         trigger={"type": "http"},
+        user=user,
     )
     result, record = await platform.service.invoke(
         function, invocation, trigger="http", path=path, buffer=method == "HEAD"

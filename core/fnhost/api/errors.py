@@ -57,6 +57,8 @@ def handle_fnhost_error(_: Request[Any, Any, Any], exc: errors.FnhostError) -> R
     headers = None
     if isinstance(exc, errors.RateLimited):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    elif isinstance(exc, errors.Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
     if status >= 500:
         log.error("%s: %s", type(exc).__name__, exc.message)
     return error_response(status, exc.message, exc.detail, headers)

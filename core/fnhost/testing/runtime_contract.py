@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,8 +89,22 @@ def make_request(
 async def call(
     runtime: Runtime, function: FunctionSpec, *args: Any, **kwargs: Any
 ) -> InvocationResult:
-    """Invoke with `make_request(*args, **kwargs)`."""
-    return await runtime.invoke(function, make_request(*args, **kwargs))
+    """Invoke with `make_request(*args, **kwargs)`; a streamed body is read to the end."""
+    return await read_all(await runtime.invoke(function, make_request(*args, **kwargs)))
+
+
+async def read_all(result: InvocationResult) -> InvocationResult:
+    """The result with a streamed body read into `body`, as the core does for a test-invoke."""
+    if result.stream is not None:
+        result.body = b"".join([chunk async for chunk in result.stream])
+        result.stream = None
+    return result
+
+
+async def timed_chunks(result: InvocationResult) -> list[tuple[float, bytes]]:
+    """The chunks of a streamed body, each with the monotonic time it was received."""
+    assert result.stream is not None, "the body was not streamed"
+    return [(time.monotonic(), chunk) async for chunk in result.stream]
 
 
 def assert_ok(result: InvocationResult) -> None:
@@ -381,6 +396,96 @@ class RuntimeContract:
         result = await call(runtime, make_spec(code, memory_limit_mb=256))
         assert result.outcome == "error"
         assert result.error == "response body too large"
+
+    # streamed bodies: produced over time, they reach the caller as they are produced
+
+    async def test_a_streamed_body_arrives_as_it_is_produced(self, runtime: Runtime) -> None:
+        code = """export default () => new Response(new ReadableStream({
+          async start(controller) {
+            console.log("first");
+            controller.enqueue(new TextEncoder().encode("a"));
+            await new Promise((r) => setTimeout(r, 300));
+            console.log("second");
+            controller.enqueue(new TextEncoder().encode("b"));
+            controller.close();
+          },
+        }), { status: 201, headers: { "content-type": "text/event-stream" } })"""
+        started = time.monotonic()
+        result = await runtime.invoke(make_spec(code), make_request())
+        assert (result.status_code, result.body) == (201, b"")
+        assert ("content-type", "text/event-stream") in result.headers
+        chunks = await timed_chunks(result)
+        assert b"".join(chunk for _, chunk in chunks) == b"ab"
+        first = next(at for at, chunk in chunks if chunk)
+        assert first - started < 0.25, "the first chunk waited for the second"
+        assert chunks[-1][0] - first > 0.2
+        # Final once the stream has ended:
+        assert_ok(result)
+        assert [line.message for line in result.logs] == ["first", "second"]
+        assert result.duration_ms >= 250
+        assert result.memory_mb > 0
+
+    async def test_streamed_binary_chunks_are_intact(self, runtime: Runtime) -> None:
+        code = """export default () => new Response(new ReadableStream({
+          async pull(controller) {
+            await new Promise((r) => setTimeout(r, 5));
+            const step = (this.step = (this.step ?? 0) + 1);
+            if (step > 4) return controller.close();
+            controller.enqueue(new Uint8Array(256).map((_, i) => (i * step) % 256));
+          },
+        }))"""
+        result = await runtime.invoke(make_spec(code), make_request())
+        body = b"".join(chunk for _, chunk in await timed_chunks(result))
+        assert_ok(result)
+        assert body == b"".join(bytes((i * step) % 256 for i in range(256)) for step in range(1, 5))
+
+    async def test_a_stream_that_fails_midway_is_an_error(self, runtime: Runtime) -> None:
+        code = """export default () => new Response(new ReadableStream({
+          async start(controller) {
+            controller.enqueue(new TextEncoder().encode("partial"));
+            await new Promise((r) => setTimeout(r, 20));
+            controller.error(new Error("upstream broke"));
+          },
+        }))"""
+        result = await read_all(await runtime.invoke(make_spec(code), make_request()))
+        assert result.outcome == "error"
+        assert result.error is not None and "upstream broke" in result.error
+        assert result.body == b"partial"
+
+    async def test_the_timeout_covers_the_whole_stream(self, runtime: Runtime) -> None:
+        code = """export default () => new Response(new ReadableStream({
+          async start(controller) {
+            controller.enqueue(new TextEncoder().encode("started"));
+            console.log("then stalls");
+            await new Promise((r) => setTimeout(r, 10000));
+            controller.close();
+          },
+        }))"""
+        started = time.monotonic()
+        result = await read_all(
+            await runtime.invoke(make_spec(code, timeout_ms=500), make_request())
+        )
+        assert result.outcome == "timeout"
+        assert result.body == b"started"
+        assert 0.4 < time.monotonic() - started < 3
+        assert [line.message for line in result.logs] in (["then stalls"], [])
+        after = await call(runtime, make_spec(code.replace("10000", "1"), timeout_ms=500))
+        assert_ok(after)
+
+    async def test_a_streamed_body_past_the_limit_is_cut_and_an_error(
+        self, runtime: Runtime
+    ) -> None:
+        code = """export default () => new Response(new ReadableStream({
+          async pull(controller) {
+            await new Promise((r) => setTimeout(r, 1));
+            controller.enqueue(new Uint8Array(4 * 1024 * 1024));
+          },
+        }))"""
+        result = await runtime.invoke(make_spec(code, memory_limit_mb=256), make_request())
+        received = sum(len(chunk) for _, chunk in await timed_chunks(result))
+        assert result.outcome == "error"
+        assert result.error == "response body too large"
+        assert 0 < received <= 64 * MiB
 
     # waitUntil
 

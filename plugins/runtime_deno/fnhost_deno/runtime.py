@@ -20,12 +20,13 @@ Known limits, by design:
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -46,14 +47,25 @@ WATCHDOG_INTERVAL_SECONDS = 0.1
 # Frames carry the body plus headers and up to 1 MiB of logs.
 FRAME_HEADROOM_BYTES = 2 * MiB
 
+# ctx.publish messages waiting for delivery, per app: past this, new ones are dropped.
+MAX_QUEUED_PUBLISHES = 10_000
+PUBLISH_DRAIN_SECONDS = 2.0
+
+log = logging.getLogger("fnhost.deno")
+
 WorkerKey = tuple[str, str, int]  # app_id, function name, revision
 
 
 class DenoConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """`[runtime.deno]` of the config file."""
 
-    # warm workers kept; the least recently used one is stopped first
+    # warm workers kept, over all functions; the least recently used one is stopped first
     max_warm: Annotated[int, msgspec.Meta(ge=1)] = 50
+    # a function's calls in flight on one worker past which that worker is saturated and,
+    # room permitting, the function gets another worker
+    max_concurrent_per_worker: Annotated[int, msgspec.Meta(ge=1)] = 64
+    # workers of one function revision at most
+    max_workers_per_function: Annotated[int, msgspec.Meta(ge=1)] = 4
     # a worker idle this long is stopped
     idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300
     # keep the worker that check() started, for the first call
@@ -67,9 +79,11 @@ class DenoConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class DenoRuntime(Runtime):
-    """Runs each function revision in its own warm `deno run` process, reused across calls
-    and handling concurrent calls. Workers are replaced when they crash, time out stuck or
-    exceed their memory limit, and stopped when idle, evicted or superseded."""
+    """Runs each function revision in warm `deno run` processes, reused across calls and
+    each handling concurrent calls: one worker per revision, more (up to
+    `max_workers_per_function`) while every one of them has `max_concurrent_per_worker`
+    calls in flight. Workers are replaced when they crash, time out stuck or exceed their
+    memory limit, and stopped when idle, evicted or superseded."""
 
     name = "deno"
     Config = DenoConfig
@@ -78,11 +92,14 @@ class DenoRuntime(Runtime):
     def __init__(self, config: DenoConfig, platform: Platform) -> None:
         super().__init__(config, platform)
         self._settings: WorkerSettings | None = None
-        self._workers: OrderedDict[WorkerKey, DenoWorker] = OrderedDict()  # LRU first
+        # the workers of each revision; revisions least recently called first
+        self._pools: OrderedDict[WorkerKey, list[DenoWorker]] = OrderedDict()
         self._retiring: dict[asyncio.Task[None], DenoWorker] = {}
         self._latest: dict[tuple[str, str], int] = {}  # newest revision invoked per function
         self._busy = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: dict[str, deque[tuple[str, Any]]] = {}  # app_id -> ctx.publish messages
+        self._delivering: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -99,6 +116,7 @@ class DenoRuntime(Runtime):
             body_limit=body_limit,
             frame_limit=max(self.config.max_message_bytes, body_limit + FRAME_HEADROOM_BYTES),
             rss_allowance_mb=RSS_ALLOWANCE_MB,
+            publish=self._publish,
         )
         self._tasks = [
             asyncio.create_task(self._stop_idle_workers()),
@@ -110,10 +128,15 @@ class DenoRuntime(Runtime):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        workers = [*self._workers.values(), *self._retiring.values()]
-        self._workers.clear()
+        workers = [*self._warm(), *self._retiring.values()]
+        self._pools.clear()
         await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._delivering:
+            _, late = await asyncio.wait(self._delivering, timeout=PUBLISH_DRAIN_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         self._settings = None
 
     def _deno_binary(self) -> str:
@@ -158,9 +181,10 @@ class DenoRuntime(Runtime):
 
     async def evict(self, function: FunctionDefinition) -> None:
         self._latest.pop((function.app_id, function.name), None)
-        for key, worker in list(self._workers.items()):
+        for key, pool in list(self._pools.items()):
             if key[:2] == (function.app_id, function.name):
-                self._retire(key, worker)
+                for worker in list(pool):
+                    self._retire(key, worker)
 
     # ---- the pool ----------------------------------------------------------------
 
@@ -169,22 +193,37 @@ class DenoRuntime(Runtime):
             raise Unavailable("the deno runtime is not started")
         return self._settings
 
+    def _warm(self) -> list[DenoWorker]:
+        return [worker for pool in self._pools.values() for worker in pool]
+
     def _worker_for(self, function: FunctionSpec) -> tuple[WorkerKey, DenoWorker]:
-        """The warm worker of this revision, launched if there is none (it may still be
-        loading: `ready()` waits for it)."""
-        settings = self._started()
+        """The least loaded warm worker of this revision, and a new one if there is none or
+        all are saturated (room permitting). A new worker may still be loading: `ready()`
+        waits for it."""
         key = (function.app_id, function.name, function.revision)
-        worker = self._workers.get(key)
-        if worker is not None and worker.alive and worker.runs(function):
-            self._workers.move_to_end(key)
-            return key, worker
-        if worker is not None:
-            self._retire(key, worker)
-        self._make_room()
-        worker = DenoWorker(function, settings)
-        self._workers[key] = worker
-        worker.launch(self.config.start_timeout_seconds)
+        pool = self._pools.get(key)
+        if pool is not None:
+            for stale in [w for w in pool if not (w.alive and w.runs(function))]:
+                self._retire(key, stale)
+            pool = self._pools.get(key)
+        if not pool:
+            self._make_room(optional=False)
+            return key, self._launch(key, function)
+        self._pools.move_to_end(key)
+        worker = min(pool, key=lambda w: w.in_flight)
+        if (
+            worker.in_flight >= self.config.max_concurrent_per_worker
+            and len(pool) < self.config.max_workers_per_function
+            and self._make_room(optional=True)
+        ):
+            worker = self._launch(key, function)
         return key, worker
+
+    def _launch(self, key: WorkerKey, function: FunctionSpec) -> DenoWorker:
+        worker = DenoWorker(function, self._started())
+        self._pools.setdefault(key, []).append(worker)
+        worker.launch(self.config.start_timeout_seconds)
+        return worker
 
     def _supersede(self, function: FunctionSpec) -> None:
         """A call for a newer revision retires the workers of older ones."""
@@ -193,24 +232,36 @@ class DenoRuntime(Runtime):
         if latest is not None and latest >= function.revision:
             return
         self._latest[name] = function.revision
-        for key, worker in list(self._workers.items()):
+        for key, pool in list(self._pools.items()):
             if key[:2] == name and key[2] < function.revision:
-                self._retire(key, worker)
+                for worker in list(pool):
+                    self._retire(key, worker)
 
-    def _make_room(self) -> None:
-        """Before a new worker starts: retire the least recently used one past max_warm,
-        an idle one if there is any."""
-        while self._workers and len(self._workers) >= self.config.max_warm:
-            victim = next(
-                ((k, w) for k, w in self._workers.items() if not w.busy),
-                next(iter(self._workers.items())),
-            )
+    def _make_room(self, optional: bool) -> bool:
+        """Before a new worker starts, while `max_warm` workers are warm: retire an idle one,
+        the extra worker of a function before the only one, least recently used first.
+        When none is idle, retire (drain) the least recently used one, unless the new
+        worker is `optional`; then answer False: there is no room."""
+        while True:
+            warm = [(key, worker) for key, pool in self._pools.items() for worker in pool]
+            if len(warm) < self.config.max_warm:
+                return True
+            idle = [(key, worker) for key, worker in warm if not worker.busy]
+            if idle:
+                victim = min(idle, key=lambda kw: (len(self._pools[kw[0]]) == 1, kw[1].last_used))
+            elif optional:
+                return False
+            else:
+                victim = min(warm, key=lambda kw: kw[1].last_used)
             self._retire(*victim)
 
     def _retire(self, key: WorkerKey, worker: DenoWorker) -> None:
         """Take the worker out of service; it stops once its calls in flight are done."""
-        if self._workers.get(key) is worker:
-            del self._workers[key]
+        pool = self._pools.get(key)
+        if pool is not None and worker in pool:
+            pool.remove(worker)
+            if not pool:
+                del self._pools[key]
         task = worker.retire()
         if task not in self._retiring:
             self._retiring[task] = worker
@@ -221,18 +272,19 @@ class DenoRuntime(Runtime):
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for key, worker in list(self._workers.items()):
-                if not worker.alive or (
-                    not worker.busy and now - worker.last_used > self.config.idle_seconds
-                ):
-                    self._retire(key, worker)
+            for key, pool in list(self._pools.items()):
+                for worker in list(pool):
+                    if not worker.alive or (
+                        not worker.busy and now - worker.last_used > self.config.idle_seconds
+                    ):
+                        self._retire(key, worker)
 
     async def _watch_memory(self) -> None:
         """While calls run, sample every worker's RSS: a Uint8Array or other off-heap memory
         escapes --max-old-space-size, so the limit is also enforced from outside."""
         while True:
             await self._busy.wait()
-            busy = [w for w in (*self._workers.values(), *self._retiring.values()) if w.busy]
+            busy = [w for w in (*self._warm(), *self._retiring.values()) if w.busy]
             if not busy:
                 self._busy.clear()
                 continue
@@ -240,10 +292,45 @@ class DenoRuntime(Runtime):
                 worker.check_memory()
             await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
 
+    # ---- ctx.publish -------------------------------------------------------------
+
+    def _publish(self, app_id: str, channel: str, data: Any) -> None:
+        """Queue a function's `ctx.publish` for delivery through the platform: in order per
+        app, off the worker's read loop, and never failing the invocation."""
+        queue = self._outbox.get(app_id)
+        if queue is None:
+            queue = self._outbox[app_id] = deque()
+            task = asyncio.ensure_future(self._deliver(app_id, queue))
+            self._delivering.add(task)
+            task.add_done_callback(self._delivering.discard)
+        if len(queue) >= MAX_QUEUED_PUBLISHES:
+            log.warning("ctx.publish of app %s dropped: %d messages queued", app_id, len(queue))
+            return
+        queue.append((channel, data))
+
+    async def _deliver(self, app_id: str, queue: deque[tuple[str, Any]]) -> None:
+        try:
+            while queue:
+                channel, data = queue.popleft()
+                try:
+                    await self.platform.publish(app_id, channel, data)
+                except Exception:
+                    log.exception("ctx.publish of app %s on %r failed", app_id, channel)
+        finally:
+            if self._outbox.get(app_id) is queue:
+                del self._outbox[app_id]
+
     # for tests and diagnostics
     def worker_pids(self) -> dict[WorkerKey, int]:
-        """Process ids of the warm workers, by (app_id, name, revision)."""
-        return {key: w.pid for key, w in self._workers.items() if w.pid is not None}
+        """Process id of the first warm worker of each (app_id, name, revision)."""
+        return {key: pids[0] for key, pids in self.pool_pids().items()}
+
+    def pool_pids(self) -> dict[WorkerKey, list[int]]:
+        """Process ids of every warm worker, by (app_id, name, revision)."""
+        pools = {
+            key: [w.pid for w in pool if w.pid is not None] for key, pool in self._pools.items()
+        }
+        return {key: pids for key, pids in pools.items() if pids}
 
 
 def _prepare_workdir(data_dir: str) -> tuple[Path, Path]:

@@ -10,19 +10,24 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fnhost.errors import Unavailable
-from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult, LogLine
+from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult, LogLine, Outcome
 from fnhost_deno.protocol import (
     Cancel,
     Cancelled,
+    Chunk,
+    End,
     Init,
     Invoke,
     LoadError,
     ProtocolError,
+    Publish,
     Result,
     Settled,
     WorkerMessage,
@@ -54,6 +59,8 @@ class WorkerSettings:
     body_limit: int
     frame_limit: int
     rss_allowance_mb: int
+    # ctx.publish(channel, data) of a function: (app_id, channel, data), never raising
+    publish: Callable[[str, str, Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,30 @@ class WorkerLoadFailed(Exception):
 
 
 @dataclass
+class _Stream:
+    """A streamed body on its way: chunks not yet taken by the consumer."""
+
+    result: InvocationResult
+    chunks: deque[bytes] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    size: int = 0
+    ended: bool = False
+
+
+@dataclass
 class _Call:
     future: asyncio.Future[InvocationResult]
     timeout_ms: int
+    started: float  # perf_counter
+    timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
     grace: asyncio.TimerHandle | None = None
+    stream: _Stream | None = None
+
+    @property
+    def settled(self) -> bool:
+        """The worker has answered: the result, or the end of its streamed body."""
+        return self.future.done() and (self.stream is None or self.stream.ended)
 
 
 class DenoWorker:
@@ -112,6 +138,11 @@ class DenoWorker:
     @property
     def alive(self) -> bool:
         return self._death is None
+
+    @property
+    def in_flight(self) -> int:
+        """Calls waiting for the module to load or running (streams included)."""
+        return self._waiting + len(self._calls)
 
     @property
     def busy(self) -> bool:
@@ -251,17 +282,17 @@ class DenoWorker:
 
     async def invoke(self, request: InvocationRequest, timeout_ms: int) -> InvocationResult:
         """Run one call once the module is loaded (raise `WorkerLoadFailed` if it is not).
-        Failures of the call itself are outcomes, never exceptions."""
+        Failures of the call itself are outcomes, never exceptions. A streamed body comes
+        as the result's `stream`; the result is final once that iterator ends."""
         await self.ready()
         if self._death is not None:
             return InvocationResult(outcome=self._death.outcome, error=self._death.message)
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
-        call = _Call(loop.create_future(), timeout_ms)
+        call = _Call(loop.create_future(), timeout_ms, time.perf_counter())
         self._calls[call_id] = call
         self.last_used = time.monotonic()
-        started = time.perf_counter()
-        timer = loop.call_later(timeout_ms / 1000, self._time_out, call_id)
+        call.timer = loop.call_later(timeout_ms / 1000, self._time_out, call_id)
         message = Invoke(
             id=call_id,
             method=request.method,
@@ -279,20 +310,63 @@ class DenoWorker:
         except asyncio.CancelledError:
             # The caller went away: let the worker abort the call and forget it.
             self._write(encode(Cancel(id=call_id)))
+            self._end_call(call_id)
             raise
-        finally:
-            timer.cancel()
-            if call.grace is not None:
-                call.grace.cancel()
-            self._calls.pop(call_id, None)
-            self.last_used = time.monotonic()
-            self._note_progress()
-        result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if call.stream is None:
+            self._end_call(call_id)
+            result.duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+        else:
+            result.stream = self._chunks_of(call_id, call.stream)
         return result
+
+    def _end_call(self, call_id: int) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return
+        for timer in (call.timer, call.grace):
+            if timer is not None:
+                timer.cancel()
+        self.last_used = time.monotonic()
+        self._note_progress()
+
+    async def _chunks_of(self, call_id: int, stream: _Stream) -> AsyncIterator[bytes]:
+        """The chunks of a streamed body as they arrive. A consumer that stops early
+        cancels the function's stream (its record keeps the outcome so far)."""
+        try:
+            while True:
+                if stream.chunks:
+                    yield stream.chunks.popleft()
+                elif stream.ended:
+                    return
+                else:
+                    stream.arrived.clear()
+                    await stream.arrived.wait()
+        finally:
+            if not stream.ended:
+                self._write(encode(Cancel(id=call_id)))
+
+    def _end_stream(
+        self,
+        call_id: int,
+        call: _Call,
+        outcome: Outcome,
+        error: str | None,
+        logs: list[LogLine],
+        rss: int = 0,
+    ) -> None:
+        assert call.stream is not None
+        result = call.stream.result
+        result.outcome, result.error, result.logs = outcome, error, logs
+        if rss:
+            result.memory_mb = round(rss / MiB, 1)
+        result.duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+        call.stream.ended = True
+        call.stream.arrived.set()
+        self._end_call(call_id)
 
     def _time_out(self, call_id: int) -> None:
         call = self._calls.get(call_id)
-        if call is None or call.future.done():
+        if call is None or call.settled:
             return
         call.timed_out = True
         self._write(encode(Cancel(id=call_id)))
@@ -301,12 +375,14 @@ class DenoWorker:
 
     def _check_responsive(self, call_id: int) -> None:
         call = self._calls.get(call_id)
-        if call is not None and not call.future.done():
+        if call is not None and not call.settled:
             self.kill(Death("crash", "the worker was stopped: a call blocked it past its timeout"))
 
+    def _timeout_error(self, call: _Call) -> str:
+        return f"function timed out after {call.timeout_ms} ms"
+
     def _timeout_result(self, call: _Call, logs: list[LogLine]) -> InvocationResult:
-        error = f"function timed out after {call.timeout_ms} ms"
-        return InvocationResult(outcome="timeout", error=error, logs=logs)
+        return InvocationResult(outcome="timeout", error=self._timeout_error(call), logs=logs)
 
     def check_memory(self) -> None:
         """Kill the worker if its resident memory is over the function's limit."""
@@ -345,8 +421,13 @@ class DenoWorker:
             self._process.stdin.close()  # else the transport outlives the loop, unclosed
         if self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(death)
-        for call in list(self._calls.values()):
-            if not call.future.done():
+        for call_id, call in list(self._calls.items()):
+            if call.stream is not None and not call.stream.ended:
+                if call.timed_out:
+                    self._end_stream(call_id, call, "timeout", self._timeout_error(call), [])
+                else:
+                    self._end_stream(call_id, call, death.outcome, death.message, [])
+            elif not call.future.done():
                 if call.timed_out:
                     call.future.set_result(self._timeout_result(call, []))
                 else:
@@ -357,39 +438,91 @@ class DenoWorker:
         self._quiet.set()
 
     def _dispatch(self, message: WorkerMessage, body: bytes) -> None:
-        if isinstance(message, Result):
-            call = self._calls.get(message.id)
-            if message.pending:
-                deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
-                self._background[message.id] = deadline
-            if call is None or call.future.done():
-                return
-            if call.timed_out:
-                call.future.set_result(self._timeout_result(call, message.logs))
-            elif message.rss > self._memory_threshold:
-                self.kill(Death("memory", MEMORY_ERROR))
-                call.future.set_result(InvocationResult(outcome="memory", error=MEMORY_ERROR))
-            else:
-                call.future.set_result(
-                    InvocationResult(
-                        outcome=message.outcome,
-                        status_code=message.status,
-                        headers=message.headers,
-                        body=body,
-                        error=message.error,
-                        logs=message.logs,
-                        memory_mb=round(message.rss / MiB, 1),
-                    )
-                )
+        if isinstance(message, Chunk):
+            self._on_chunk(message.id, body)
+        elif isinstance(message, Result):
+            self._on_result(message, body)
+        elif isinstance(message, End):
+            self._on_end(message)
         elif isinstance(message, Cancelled):
             call = self._calls.get(message.id)
-            if call is not None and not call.future.done():
+            if call is None:
+                return
+            if call.stream is not None:
+                if not call.stream.ended:
+                    # Past its timeout, or its consumer went away (then it stays "ok").
+                    outcome: Outcome = "timeout" if call.timed_out else call.stream.result.outcome
+                    error = self._timeout_error(call) if call.timed_out else None
+                    self._end_stream(message.id, call, outcome, error, message.logs)
+            elif not call.future.done():
                 call.future.set_result(self._timeout_result(call, message.logs))
         elif isinstance(message, Settled):
             self._background.pop(message.id, None)
             self._note_progress()
+        elif isinstance(message, Publish):
+            if self.settings.publish is not None:
+                self.settings.publish(self.function.app_id, message.channel, message.data)
         elif self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(message)
+
+    def _note_pending(self, call_id: int, call: _Call | None, pending: bool) -> None:
+        if pending:
+            deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
+            self._background[call_id] = deadline
+
+    def _on_result(self, message: Result, body: bytes) -> None:
+        call = self._calls.get(message.id)
+        self._note_pending(message.id, call, message.pending)
+        if call is None or call.future.done():
+            return
+        if call.timed_out:
+            call.future.set_result(self._timeout_result(call, message.logs))
+        elif message.rss > self._memory_threshold:
+            self.kill(Death("memory", MEMORY_ERROR))
+            call.future.set_result(InvocationResult(outcome="memory", error=MEMORY_ERROR))
+        else:
+            result = InvocationResult(
+                outcome=message.outcome,
+                status_code=message.status,
+                headers=message.headers,
+                body=body,
+                error=message.error,
+                logs=message.logs,
+                memory_mb=round(message.rss / MiB, 1),
+            )
+            if message.stream:
+                call.stream = _Stream(result)
+            call.future.set_result(result)
+
+    def _on_chunk(self, call_id: int, chunk: bytes) -> None:
+        call = self._calls.get(call_id)
+        stream = call.stream if call is not None else None
+        if call is None or stream is None or stream.ended:
+            return
+        stream.size += len(chunk)
+        if stream.size > self.settings.body_limit:  # the worker stops first; in case it does not
+            self._write(encode(Cancel(id=call_id)))
+            self._end_stream(call_id, call, "error", "response body too large", [])
+            return
+        stream.chunks.append(chunk)
+        stream.arrived.set()
+
+    def _on_end(self, message: End) -> None:
+        call = self._calls.get(message.id)
+        self._note_pending(message.id, call, message.pending)
+        if call is None or call.stream is None or call.stream.ended:
+            return
+        if call.timed_out:
+            self._end_stream(
+                message.id, call, "timeout", self._timeout_error(call), message.logs, message.rss
+            )
+        elif message.rss > self._memory_threshold:
+            self.kill(Death("memory", MEMORY_ERROR))
+            self._end_stream(message.id, call, "memory", MEMORY_ERROR, message.logs)
+        else:
+            self._end_stream(
+                message.id, call, message.outcome, message.error, message.logs, message.rss
+            )
 
     async def _collect_stderr(self) -> None:
         assert self._process is not None and self._process.stderr is not None

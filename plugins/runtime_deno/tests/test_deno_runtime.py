@@ -1,5 +1,5 @@
 """The "deno" runtime: the core's runtime contract, plus what only Deno workers have
-(processes, permissions, the memory watchdog, the warm pool)."""
+(processes, permissions, the memory watchdog). The warm pool is in test_pool.py."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ import asyncio
 import json
 import os
 import signal
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,66 +16,18 @@ from fnhost.platform import Platform
 from fnhost.testing import RuntimeContract, make_config
 from fnhost.testing.runtime_contract import COUNTER, call, make_spec
 from fnhost_deno.runtime import DenoRuntime
-
-
-@asynccontextmanager
-async def deno_runtime(data_dir: Path, **deno: Any) -> AsyncIterator[DenoRuntime]:
-    """A started "deno" runtime built the way the core builds it, stopped afterwards."""
-    platform = Platform(make_config(data_dir, runtime={"use": "deno", "deno": deno}))
-    runtime = platform.runtime
-    assert isinstance(runtime, DenoRuntime)
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[DenoRuntime]:
-    async with deno_runtime(tmp_path / "data") as started:
-        yield started
+from plugins.runtime_deno.tests.support import (
+    deno_pids,
+    deno_runtime,
+    environment_of,
+    eventually,
+    gone,
+    only_pid,
+)
 
 
 class TestDenoRuntime(RuntimeContract):
     """The contract every runtime passes, on real Deno workers."""
-
-
-def deno_pids(root: Path) -> set[int]:
-    """Every live Deno worker whose command line points into `root`."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and argv[0].endswith(b"deno") and str(root).encode() in b" ".join(argv):
-            pids.add(int(entry.name))
-    return pids
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-def environment_of(pid: int) -> list[bytes]:
-    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-
-
-def gone(pid: int) -> Callable[[], bool]:
-    return lambda: not os.path.exists(f"/proc/{pid}")
-
-
-def only_pid(runtime: DenoRuntime) -> int:
-    pids = list(runtime.worker_pids().values())
-    assert len(pids) == 1, pids
-    return pids[0]
 
 
 # ---- isolation ------------------------------------------------------------------------
@@ -361,83 +309,3 @@ async def test_the_config_is_validated(tmp_path: Path) -> None:
         Platform(make_config(tmp_path, runtime={"deno": {"max_warm": 0}}))
     with pytest.raises(ConfigError, match=r"runtime\.deno\.warm: unknown key"):
         Platform(make_config(tmp_path, runtime={"deno": {"warm": 1}}))
-
-
-# ---- the warm pool --------------------------------------------------------------------
-
-
-async def test_stop_leaves_no_deno_process(tmp_path: Path) -> None:
-    slow = """export default async () => {
-      await new Promise((r) => setTimeout(r, 5000));
-      return new Response("x");
-    }"""
-    async with deno_runtime(tmp_path / "data") as runtime:
-        for name in ("a", "b", "c"):
-            await call(runtime, make_spec(name=name))
-        in_flight = asyncio.ensure_future(call(runtime, make_spec(slow, name="slow")))
-        await eventually(lambda: len(deno_pids(tmp_path)) == 4)
-    assert deno_pids(tmp_path) == set()
-    assert (await in_flight).outcome == "crash"
-
-
-async def test_concurrent_first_calls_share_one_new_worker(
-    runtime: DenoRuntime, tmp_path: Path
-) -> None:
-    function = make_spec(COUNTER)
-    results = await asyncio.gather(*(call(runtime, function) for _ in range(10)))
-    assert sorted(int(result.body) for result in results) == list(range(1, 11))
-    assert len(deno_pids(tmp_path)) == 1
-
-
-async def test_the_least_recently_used_worker_is_stopped_past_max_warm(tmp_path: Path) -> None:
-    async with deno_runtime(tmp_path / "data", max_warm=2) as runtime:
-        a, b, c = (make_spec(COUNTER, name=name) for name in "abc")
-        await call(runtime, a)
-        await call(runtime, b)
-        await call(runtime, a)  # b is now the least recently used
-        pid_b = runtime.worker_pids()[("contract", "b", 1)]
-        await call(runtime, c)
-        assert set(runtime.worker_pids()) == {("contract", "a", 1), ("contract", "c", 1)}
-        await eventually(gone(pid_b))
-        assert len(deno_pids(tmp_path)) == 2
-        assert (await call(runtime, a)).body == b"3"
-
-
-async def test_idle_workers_are_stopped(tmp_path: Path) -> None:
-    async with deno_runtime(tmp_path / "data", idle_seconds=0.3) as runtime:
-        await call(runtime, make_spec())
-        pid = only_pid(runtime)
-        await eventually(gone(pid), within=3)
-        assert runtime.worker_pids() == {}
-        assert (await call(runtime, make_spec())).outcome == "ok"
-
-
-async def test_check_without_prewarm_keeps_no_worker(tmp_path: Path) -> None:
-    async with deno_runtime(tmp_path / "data", prewarm=False) as runtime:
-        await runtime.check(make_spec())
-        assert runtime.worker_pids() == {}
-        await eventually(lambda: deno_pids(tmp_path) == set())
-
-
-async def test_a_newer_revision_retires_the_older_worker(runtime: DenoRuntime) -> None:
-    await call(runtime, make_spec(COUNTER))
-    old_pid = only_pid(runtime)
-    result = await call(runtime, make_spec(COUNTER, revision=2))
-    assert result.body == b"1"
-    assert set(runtime.worker_pids()) == {("contract", "fn", 2)}
-    await eventually(gone(old_pid))
-
-
-async def test_a_revision_checked_twice_runs_the_latest_code(runtime: DenoRuntime) -> None:
-    # A deploy that lost a race is retried with the same revision number and other code.
-    await runtime.check(make_spec("export default () => new Response('lost')", revision=2))
-    winner = make_spec("export default () => new Response('won')", revision=2)
-    await runtime.check(winner)
-    assert (await call(runtime, winner)).body == b"won"
-
-
-async def test_the_worker_of_a_failed_check_is_gone(runtime: DenoRuntime, tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="default export"):
-        await runtime.check(make_spec("export const nothing = 1;"))
-    assert runtime.worker_pids() == {}
-    await eventually(lambda: deno_pids(tmp_path) == set())

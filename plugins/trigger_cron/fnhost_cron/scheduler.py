@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING
 import msgspec
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from fnhost.errors import FnhostError
 from fnhost.models import FunctionDefinition, InvocationRequest
 from fnhost_cron.schedule import ScheduleError, parse_schedule
 
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
     from fnhost_cron.trigger import CronConfig
 
 log = logging.getLogger("fnhost.cron")
+# APScheduler's own messages; it reports every job added or removed at INFO, so only its
+# warnings (a fire time skipped because the previous run is still going) get through.
+scheduler_log = logging.getLogger("fnhost.cron.apscheduler")
+scheduler_log.setLevel(logging.WARNING)
 
 CRON_URL = "http://cron.fnhost.local/"
 PRUNE_INTERVAL_S = 3600.0
@@ -66,8 +72,9 @@ def iso(moment: datetime) -> str:
 
 
 def process_owner() -> str:
-    """Who claims fire times: unique per process (and per start of it)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Who claims fire times: unique per process (and per start of it), for operators reading
+    the claims; short enough for any store."""
+    return f"{socket.gethostname()[:200]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class FireTimeExecutor(BaseExecutor):  # type: ignore[misc]
@@ -132,6 +139,7 @@ class CronScheduler:
             return
         self._stopping = False
         scheduler = AsyncIOScheduler(
+            logger=scheduler_log,
             timezone=UTC,
             executors={"default": FireTimeExecutor(self._runs)},
             job_defaults={
@@ -225,21 +233,19 @@ class CronScheduler:
 
     def _set(self, key: JobKey, schedule: Schedule | None) -> None:
         """Add, replace or remove the job of `key`; nothing when it is already so."""
-        if self._schedules.get(key) == schedule or self._scheduler is None:
+        if self._scheduler is None or self._schedules.get(key) == schedule:
             return
         job_id = "/".join(key)
-        if schedule is None:
+        trigger = None
+        if schedule is not None:
+            try:
+                trigger = parse_schedule(schedule.expression, schedule.timezone)
+            except ScheduleError as exc:
+                # Validated at deploy; only a timezone that left the tz database gets here.
+                log.error("cron: cannot schedule %s: %s", job_id, exc)
+        if schedule is None or trigger is None:
             self._schedules.pop(key, None)
-            with contextlib.suppress(Exception):  # JobLookupError: already gone
-                self._scheduler.remove_job(job_id)
-            return
-        try:
-            trigger = parse_schedule(schedule.expression, schedule.timezone)
-        except ScheduleError as exc:
-            # Validated at deploy; only a timezone that left the tz database gets here.
-            log.error("cron: cannot schedule %s: %s", job_id, exc)
-            self._schedules.pop(key, None)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(JobLookupError):
                 self._scheduler.remove_job(job_id)
             return
         self._scheduler.add_job(
@@ -283,6 +289,8 @@ class CronScheduler:
             return
         try:
             await self._claim_and_invoke(key, schedule, fire_time)
+        except FnhostError as exc:  # the store is unavailable, the app is over its limits...
+            log.warning("cron: %s did not run at %s: %s", "/".join(key), iso(fire_time), exc)
         except Exception:
             log.exception("cron: firing %s at %s failed", "/".join(key), iso(fire_time))
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +84,16 @@ async def fires(api: Api, name: str) -> list[Fire]:
 
 
 async def wait_for_fires(
-    api: Api, name: str, count: int, timeout: float, after: datetime | None = None
+    api: Api, name: str, count: int, within: float, after: datetime | None = None
 ) -> list[Fire]:
     """All fires of `name` once `count` of them are scheduled after `after` (any time)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         found = await fires(api, name)
         if len([f for f in found if after is None or f.scheduled > after]) >= count:
             return found
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{count} fires of {name!r} expected within {timeout} s: {found}")
+            raise AssertionError(f"{count} fires of {name!r} expected within {within} s: {found}")
         await asyncio.sleep(0.2)
 
 
@@ -105,7 +106,7 @@ def assert_on_time(found: list[Fire]) -> None:
 def assert_consecutive(found: list[Fire], every: timedelta) -> None:
     """Each fire time once, none missing between the first and the last."""
     times = [fire.scheduled for fire in found]
-    assert [b - a for a, b in zip(times, times[1:], strict=False)] == [every] * (len(times) - 1)
+    assert [b - a for a, b in pairwise(times)] == [every] * (len(times) - 1)
 
 
 def cron_jobs(platform: Platform) -> dict[str, datetime | None]:
@@ -136,12 +137,12 @@ async def test_fires_on_time_with_the_scheduled_time(tmp_path: Path) -> None:
         assert timedelta(0) < next_fire - now() <= timedelta(seconds=2)
         assert next_fire.second % 2 == 0 and next_fire.microsecond == 0
 
-        await wait_for_fires(api, "tick", 2, timeout=6)
+        await wait_for_fires(api, "tick", 2, within=6)
         # An env change keeps the schedule: the next fires come on time, with the new env.
         patched = await api.patch_env("tick", {"GREETING": "two"})
         assert patched.status_code == 200, patched.text
         patched_at = now()
-        found = await wait_for_fires(api, "tick", 2, timeout=6, after=patched_at)
+        found = await wait_for_fires(api, "tick", 2, within=6, after=patched_at)
 
         assert_on_time(found)
         assert_consecutive(found, timedelta(seconds=2))
@@ -174,7 +175,7 @@ async def test_fires_on_time_with_the_scheduled_time(tmp_path: Path) -> None:
 async def test_a_failing_run_is_an_error_record_and_the_schedule_goes_on(tmp_path: Path) -> None:
     async with fnhost(tmp_path) as (api, _):
         await api.deploy("boom", THROWS, expect=201, trigger=EVERY_SECOND)
-        found = await wait_for_fires(api, "boom", 3, timeout=6)
+        found = await wait_for_fires(api, "boom", 3, within=6)
         assert_on_time(found)
         assert_consecutive(found, timedelta(seconds=1))
         for fire in found:
@@ -188,6 +189,27 @@ async def test_a_failing_run_is_an_error_record_and_the_schedule_goes_on(tmp_pat
         assert metrics["error_rate"] == 100.0
 
 
+async def test_a_store_failure_at_fire_time_does_not_stop_the_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with fnhost(tmp_path) as (api, platform):
+        claim = platform.store.claim_cron_fire
+        failures = []
+
+        async def failing_twice(*args: Any) -> bool:
+            if len(failures) < 2:
+                failures.append(args)
+                raise RuntimeError("store hiccup")
+            return await claim(*args)
+
+        monkeypatch.setattr(platform.store, "claim_cron_fire", failing_twice)
+        await api.deploy("tick", ECHO, expect=201, trigger=EVERY_SECOND)
+        found = await wait_for_fires(api, "tick", 2, within=6)
+        assert len(failures) == 2
+        assert found[0].scheduled > failures[-1][2]  # the failed fire times did not run
+        assert_consecutive(found, timedelta(seconds=1))
+
+
 async def test_changes_take_effect_at_once(tmp_path: Path) -> None:
     async with fnhost(tmp_path) as (api, platform):
         yearly = {"type": "cron", "config": {"schedule": "0 0 1 1 *"}}
@@ -199,7 +221,7 @@ async def test_changes_take_effect_at_once(tmp_path: Path) -> None:
         assert await fires(api, "moving") == []
         redeployed_at = now()
         await api.deploy("moving", ECHO, expect=200, trigger=EVERY_SECOND)
-        found = await wait_for_fires(api, "moving", 2, timeout=4)
+        found = await wait_for_fires(api, "moving", 2, within=4)
         assert found[0].scheduled - redeployed_at <= timedelta(seconds=1)
         assert_on_time(found)
 
@@ -215,7 +237,7 @@ async def test_changes_take_effect_at_once(tmp_path: Path) -> None:
         # Back on a schedule, then deleted: no fire after the delete, not even unrecorded
         # by the API (the store keeps records appended after a delete).
         await api.deploy("moving", ECHO, expect=200, trigger=EVERY_SECOND)
-        await wait_for_fires(api, "moving", 1, timeout=3, after=removed_at + timedelta(seconds=2))
+        await wait_for_fires(api, "moving", 1, within=3, after=removed_at + timedelta(seconds=2))
         assert (await api.delete("/functions/moving")).status_code == 204
         assert "demo/moving" not in cron_jobs(platform)
         await asyncio.sleep(2.2)
@@ -230,13 +252,13 @@ async def test_restart_schedules_again_from_the_store_without_duplicates(tmp_pat
         await api.deploy("plain", HELLO, expect=201)
         await api.deploy("gone", ECHO, expect=201, trigger=EVERY_SECOND)
         assert (await api.delete("/functions/gone")).status_code == 204
-        before = await wait_for_fires(api, "tick", 2, timeout=4)
+        before = await wait_for_fires(api, "tick", 2, within=4)
         assert list(cron_jobs(platform)) == ["demo/tick"]
     stopped_at = now()
 
     async with fnhost(data_dir) as (api, platform):
         assert list(cron_jobs(platform)) == ["demo/tick"]
-        found = await wait_for_fires(api, "tick", 2, timeout=4, after=stopped_at)
+        found = await wait_for_fires(api, "tick", 2, within=4, after=stopped_at)
     assert len(found) >= len(before) + 2
     assert max(Counter(f.scheduled for f in found).values()) == 1
     after_restart = [f for f in found if f.scheduled > stopped_at]
@@ -244,12 +266,42 @@ async def test_restart_schedules_again_from_the_store_without_duplicates(tmp_pat
     assert_consecutive(after_restart, timedelta(seconds=1))
 
 
+async def test_changes_through_another_process_are_followed(tmp_path: Path) -> None:
+    # Two platforms on one SQLite file behave as two processes sharing a store.
+    fast_sync = {"cron": {"sync_seconds": 0.5}}
+    async with (
+        fnhost(tmp_path, trigger=fast_sync) as (one, first),
+        fnhost(tmp_path, trigger=fast_sync) as (two, second),
+    ):
+        await one.deploy("tick", ECHO, expect=201, trigger=EVERY_SECOND)
+        await asyncio.sleep(1)
+        assert list(cron_jobs(second)) == ["demo/tick"]  # learnt from the store
+        found = await wait_for_fires(two, "tick", 3, within=5)
+        assert max(Counter(f.scheduled for f in found).values()) == 1
+        assert_consecutive(found, timedelta(seconds=1))
+
+        # Unscheduled through the first: the second never runs it again, even before it
+        # reads the store (each fire re-reads its function).
+        await one.deploy("tick", ECHO, expect=200, triggers=[{"type": "http"}])
+        removed_at = now()
+        await asyncio.sleep(1.5)
+        assert cron_jobs(second) == {}
+        assert [f for f in await fires(two, "tick") if f.scheduled > removed_at] == []
+
+        await one.deploy("tick", ECHO, expect=200, trigger=EVERY_SECOND)
+        await wait_for_fires(two, "tick", 1, within=3, after=removed_at + timedelta(seconds=1))
+        assert (await one.delete("/functions/tick")).status_code == 204
+        await asyncio.sleep(1.5)
+        assert cron_jobs(first) == cron_jobs(second) == {}
+        assert await second.store.query_invocations("demo", "tick", LogQuery()) == []
+
+
 async def test_a_run_still_going_is_not_started_again(tmp_path: Path) -> None:
     async with fnhost(tmp_path) as (api, _):
         await api.deploy("slow", SLOW, expect=201, trigger=EVERY_SECOND)
-        found = await wait_for_fires(api, "slow", 2, timeout=10)
+        found = await wait_for_fires(api, "slow", 2, within=10)
     assert_on_time(found)
-    for earlier, later in zip(found, found[1:], strict=False):
+    for earlier, later in pairwise(found):
         ended = earlier.started + timedelta(milliseconds=earlier.record["duration_ms"])
         assert earlier.record["duration_ms"] >= 3000
         assert later.started >= ended  # no overlap
@@ -265,8 +317,11 @@ async def test_a_run_still_going_is_not_started_again(tmp_path: Path) -> None:
         ({"schedule": "* * * * * * *"}, "trigger.config.schedule", "got 7"),
         ({"schedule": "* * * * 9"}, "trigger.config.schedule", "out of range 0-7"),
         ({"schedule": "0 0 30 2 *"}, "trigger.config.schedule", "never fires"),
-        ({"schedule": "* * * * *", "timezone": "Mars/Olympus"}, "trigger.config.timezone",
-         "unknown timezone"),
+        (
+            {"schedule": "* * * * *", "timezone": "Mars/Olympus"},
+            "trigger.config.timezone",
+            "unknown timezone",
+        ),
     ],
 )
 async def test_invalid_schedules_are_rejected(

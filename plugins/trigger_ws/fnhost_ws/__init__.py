@@ -1,0 +1,1 @@
+"""fnhost-ws: the "websocket" trigger of fnhost (event-driven functions, replies, channels)."""

@@ -1,0 +1,1 @@
+"""fnhost-docker: the "docker" runtime, running functions in warm containers."""

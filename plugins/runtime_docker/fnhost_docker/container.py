@@ -1,0 +1,504 @@
+"""One warm container running one function revision, with many invocations in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fnhost.errors import Unavailable
+from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult, LogLine
+from fnhost_docker.engine import EngineAddress
+from fnhost_docker.image import BOOTSTRAP, USER
+from fnhost_docker.protocol import (
+    Cancel,
+    Cancelled,
+    ContainerMessage,
+    Demultiplexer,
+    Init,
+    Invoke,
+    LoadError,
+    ProtocolError,
+    Publish,
+    Result,
+    Settled,
+    encode,
+    read_message,
+)
+
+log = logging.getLogger("fnhost.docker")
+
+MiB = 1024 * 1024
+MEMORY_ERROR = "memory limit exceeded"
+# Past its timeout an invocation is cancelled; a container that does not answer the cancel
+# within this grace is stuck in synchronous code and is removed.
+UNRESPONSIVE_GRACE_SECONDS = 1.0
+OOM_MARKERS = (b"out of memory", b"Reached heap limit")
+LABEL_PREFIX = "fnhost."
+_PATH = re.compile(r"(?:file://)?(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)")
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    """What every container of one runtime shares."""
+
+    client: Any  # docker.DockerClient
+    engine: EngineAddress
+    image: str
+    owner: str
+    network: str  # a network id, or "none"
+    cpus: float | None
+    pids_limit: int
+    memory_overhead_mb: int
+    tmpfs_mb: int
+    body_limit: int
+    frame_limit: int
+
+
+@dataclass(frozen=True)
+class Death:
+    """Why a container is gone: the outcome its calls in flight get, and the message."""
+
+    outcome: Literal["crash", "memory"]
+    message: str
+
+
+class LoadFailed(Exception):
+    """The module could not be loaded: refused code (`crashed` False) or a dead container."""
+
+    def __init__(self, message: str, crashed: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.crashed = crashed
+
+
+@dataclass
+class _Call:
+    future: asyncio.Future[InvocationResult]
+    timeout_ms: int
+    timed_out: bool = False
+    grace: asyncio.TimerHandle | None = None
+
+
+def labels_of(function: FunctionSpec, owner: str) -> dict[str, str]:
+    """The labels a function's container carries (never anything secret)."""
+    return {
+        LABEL_PREFIX + "owner": owner,
+        LABEL_PREFIX + "app": function.app_id,
+        LABEL_PREFIX + "function": function.name,
+        LABEL_PREFIX + "version": str(function.version),
+        LABEL_PREFIX + "revision": str(function.revision),
+    }
+
+
+def deno_arguments(memory_limit_mb: int) -> list[str]:
+    """The container's command (the image's entrypoint is the Deno binary). The same
+    permissions as the "deno" runtime's workers, plus writing the code into /tmp/fn once
+    (revoked by the bootstrap before the code is imported)."""
+    semi_space_mb = min(max(memory_limit_mb // 64, 1), 16)
+    v8_flags = f"--max-old-space-size={memory_limit_mb},--max-semi-space-size={semi_space_mb}"
+    return [
+        "run",
+        "--quiet",
+        "--no-prompt",
+        "--no-config",
+        "--no-lock",
+        "--allow-net",
+        "--allow-read=/tmp/fn",
+        "--allow-write=/tmp/fn",
+        f"--v8-flags={v8_flags}",
+        BOOTSTRAP,
+    ]
+
+
+class FunctionContainer:
+    """A container for one function revision. `launch()` creates and starts it, `ready()`
+    waits for the module to load; then `invoke()` runs calls concurrently until `stop()`."""
+
+    def __init__(
+        self,
+        function: FunctionSpec,
+        settings: ContainerSettings,
+        publish: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        self.function = function
+        self.settings = settings
+        self._publish = publish
+        self.last_used = time.monotonic()
+        self.container_id: str | None = None
+        self.started_at: float | None = None  # monotonic, when the engine started it
+        self._writer: asyncio.StreamWriter | None = None
+        self._demux: Demultiplexer | None = None
+        self._loaded: asyncio.Future[ContainerMessage | Death] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._retire_task: asyncio.Task[None] | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._removal: asyncio.Task[None] | None = None
+        self._death: Death | None = None
+        self._waiting = 0  # calls waiting for the module to load
+        self._calls: dict[int, _Call] = {}
+        self._background: dict[int, float] = {}  # call id -> deadline of its waitUntil work
+        self._quiet = asyncio.Event()  # set when nothing is in flight
+        self._ids = itertools.count()
+
+    # ---- state -------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._death is None
+
+    @property
+    def busy(self) -> bool:
+        """Calls waiting or in flight, or waitUntil work not past its deadline."""
+        if self._background:
+            now = time.monotonic()
+            for key in [k for k, deadline in self._background.items() if deadline <= now]:
+                del self._background[key]
+        return bool(self._waiting or self._calls or self._background)
+
+    def runs(self, function: FunctionSpec) -> bool:
+        """Whether this container runs exactly that code, env and memory limit."""
+        mine = self.function
+        return (
+            mine.code == function.code
+            and mine.env == function.env
+            and mine.memory_limit_mb == function.memory_limit_mb
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def launch(self, load_seconds: float) -> None:
+        """Create and start the container and load the module in the background (once)."""
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self._start(load_seconds))
+
+    async def ready(self) -> None:
+        """Wait for the module to be loaded; raise `LoadFailed` if it was not."""
+        assert self._start_task is not None, "launch() first"
+        if not self._start_task.done():
+            # Counted as busy meanwhile, so the container is not retired under the caller.
+            self._waiting += 1
+            try:
+                await asyncio.shield(self._start_task)
+            finally:
+                self._waiting -= 1
+                self._note_progress()
+        self._start_task.result()
+
+    async def _start(self, load_seconds: float) -> None:
+        settings = self.settings
+        try:
+            self.container_id = await asyncio.to_thread(self._create)
+            if self._death is not None:  # stopped meanwhile
+                self._remove()
+                raise LoadFailed(self._death.message, crashed=True)
+            reader, self._writer = await settings.engine.open_attach(self.container_id)
+            self._demux = Demultiplexer(reader)
+            self._loaded = asyncio.get_running_loop().create_future()
+            self._reader_task = asyncio.create_task(self._read_frames())
+            await asyncio.to_thread(settings.client.api.start, self.container_id)
+        except LoadFailed:
+            raise
+        except Exception as exc:
+            self._death = Death("crash", f"cannot start a container: {_explain(exc)}")
+            self._remove()
+            raise Unavailable(self._death.message) from None
+        self.started_at = time.monotonic()
+        init = Init(
+            code=self.function.code,
+            env=dict(self.function.env),
+            body_limit=settings.body_limit,
+            frame_limit=settings.frame_limit,
+        )
+        self._write(encode(init))
+        done, _ = await asyncio.wait({self._loaded}, timeout=load_seconds)
+        if not done:
+            self.kill(Death("crash", "the module did not finish loading"))
+            raise LoadFailed(f"the module did not finish loading within {load_seconds:g} s")
+        loaded = self._loaded.result()
+        if isinstance(loaded, LoadError):
+            self.kill(Death("crash", "the module failed to load"))
+            raise LoadFailed(loaded.message)
+        if isinstance(loaded, Death):
+            if loaded.outcome == "memory":
+                raise LoadFailed(f"{MEMORY_ERROR} while loading the module")
+            raise LoadFailed(
+                f"the container died while loading the module: {loaded.message}", crashed=True
+            )
+
+    def _create(self) -> str:
+        """Create the container (in a thread): hardened, labelled, attached-to-be."""
+        settings, function = self.settings, self.function
+        api = settings.client.api
+        from docker.types import LogConfig
+
+        memory = f"{function.memory_limit_mb + settings.memory_overhead_mb}m"
+        host_config = api.create_host_config(
+            mem_limit=memory,
+            memswap_limit=memory,  # no swap: the limit is the limit
+            pids_limit=settings.pids_limit,
+            nano_cpus=int(settings.cpus * 1e9) if settings.cpus else None,
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={settings.tmpfs_mb}m"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            network_mode=settings.network,
+            ipc_mode="private",
+            # stdout is the transport: nothing of it (bodies, logs) lands in the engine's logs
+            log_config=LogConfig(type=LogConfig.types.NONE),
+        )
+        name = f"fnhost-{function.app_id}-{function.name}-r{function.revision}-{secrets.token_hex(3)}"
+        created = api.create_container(
+            settings.image,
+            command=deno_arguments(function.memory_limit_mb),
+            user=USER,
+            labels=labels_of(function, settings.owner),
+            name=name[:200],
+            # Not detached, with stdin open: the engine also sets StdinOnce, so the stdin
+            # closes when fnhost's attach connection does and a container whose fnhost
+            # died ends by itself instead of running on unattended.
+            stdin_open=True,
+            detach=False,
+            tty=False,
+            use_config_proxy=False,
+            host_config=host_config,
+            network_disabled=settings.network == "none",
+        )
+        return str(created["Id"])
+
+    def kill(self, death: Death) -> None:
+        """Remove the container at once (in the background); calls in flight end with
+        `death`."""
+        if self._death is None:
+            self._death = death
+        self._remove()
+
+    def _remove(self) -> None:
+        if self._removal is None and self.container_id is not None:
+            self._removal = asyncio.ensure_future(_remove(self.settings.client, self.container_id))
+
+    async def stop(self) -> None:
+        """Remove the container and wait until it is gone."""
+        self.kill(Death("crash", "the container was stopped"))
+        if self._start_task is not None:
+            with contextlib.suppress(Exception):
+                await self._start_task
+        self._remove()  # created while stopping
+        if self._reader_task is not None:
+            await asyncio.shield(self._reader_task)
+        if self._removal is not None:
+            await asyncio.shield(self._removal)
+
+    def retire(self) -> asyncio.Task[None]:
+        """Drain then stop, in the background (once): calls in flight end normally and
+        waitUntil work gets up to its deadline. The task ends when the container is gone."""
+        if self._retire_task is None:
+            self._retire_task = asyncio.ensure_future(self._drain_and_stop())
+        return self._retire_task
+
+    async def _drain_and_stop(self) -> None:
+        while self.alive and self.busy:
+            self._quiet.clear()
+            wait = None
+            if not (self._waiting or self._calls):
+                wait = max(0.0, min(self._background.values()) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), wait)
+        await self.stop()
+
+    def _note_progress(self) -> None:
+        if not self.busy:
+            self._quiet.set()
+
+    # ---- invocations -------------------------------------------------------------
+
+    async def invoke(self, request: InvocationRequest, timeout_ms: int) -> InvocationResult:
+        """Run one call once the module is loaded (raise `LoadFailed` if it is not).
+        Failures of the call itself are outcomes, never exceptions."""
+        await self.ready()
+        if self._death is not None:
+            return InvocationResult(outcome=self._death.outcome, error=self._death.message)
+        loop = asyncio.get_running_loop()
+        call_id = next(self._ids)
+        call = _Call(loop.create_future(), timeout_ms)
+        self._calls[call_id] = call
+        self.last_used = time.monotonic()
+        started = time.perf_counter()
+        timer = loop.call_later(timeout_ms / 1000, self._time_out, call_id)
+        message = Invoke(
+            id=call_id,
+            method=request.method,
+            url=request.url,
+            headers=request.headers,
+            trigger=request.trigger,
+            user=request.user,
+        )
+        try:
+            self._write(encode(message, request.body))
+            if self._writer is not None and len(request.body) > 65536:
+                with contextlib.suppress(ConnectionError):
+                    await self._writer.drain()
+            result = await call.future
+        except asyncio.CancelledError:
+            # The caller went away: let the container abort the call and forget it.
+            self._write(encode(Cancel(id=call_id)))
+            raise
+        finally:
+            timer.cancel()
+            if call.grace is not None:
+                call.grace.cancel()
+            self._calls.pop(call_id, None)
+            self.last_used = time.monotonic()
+            self._note_progress()
+        result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        return result
+
+    def _time_out(self, call_id: int) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.future.done():
+            return
+        call.timed_out = True
+        self._write(encode(Cancel(id=call_id)))
+        loop = asyncio.get_running_loop()
+        call.grace = loop.call_later(UNRESPONSIVE_GRACE_SECONDS, self._check_responsive, call_id)
+
+    def _check_responsive(self, call_id: int) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and not call.future.done():
+            self.kill(Death("crash", "the container was stopped: a call blocked it past its timeout"))
+
+    def _timeout_result(self, call: _Call, logs: list[LogLine]) -> InvocationResult:
+        error = f"function timed out after {call.timeout_ms} ms"
+        return InvocationResult(outcome="timeout", error=error, logs=logs)
+
+    # ---- transport ---------------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing() or self._death is not None:
+            return
+        writer.write(frame)
+
+    async def _read_frames(self) -> None:
+        assert self._demux is not None
+        demux = asyncio.create_task(self._demux.run())
+        try:
+            while item := await read_message(self._demux.stdout, self.settings.frame_limit):
+                self._dispatch(*item)
+        except ProtocolError as exc:
+            self.kill(Death("crash", f"the container broke the protocol: {exc}"))
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            await demux
+        death = await self._exit_reason()
+        self._death = death
+        self._remove()
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.set_result(death)
+        for call in list(self._calls.values()):
+            if not call.future.done():
+                if call.timed_out:
+                    call.future.set_result(self._timeout_result(call, []))
+                else:
+                    call.future.set_result(
+                        InvocationResult(outcome=death.outcome, error=death.message)
+                    )
+        self._background.clear()
+        self._quiet.set()
+
+    def _dispatch(self, message: ContainerMessage, body: bytes) -> None:
+        if isinstance(message, Result):
+            call = self._calls.get(message.id)
+            if message.pending:
+                deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
+                self._background[message.id] = deadline
+            if call is None or call.future.done():
+                return
+            if call.timed_out:
+                call.future.set_result(self._timeout_result(call, message.logs))
+            else:
+                call.future.set_result(
+                    InvocationResult(
+                        outcome=message.outcome,
+                        status_code=message.status,
+                        headers=message.headers,
+                        body=body,
+                        error=message.error,
+                        logs=message.logs,
+                        memory_mb=round(message.rss / MiB, 1),
+                    )
+                )
+        elif isinstance(message, Cancelled):
+            call = self._calls.get(message.id)
+            if call is not None and not call.future.done():
+                call.future.set_result(self._timeout_result(call, message.logs))
+        elif isinstance(message, Settled):
+            self._background.pop(message.id, None)
+            self._note_progress()
+        elif isinstance(message, Publish):
+            if self._publish is not None:
+                self._publish(message.channel, message.data)
+        elif self._loaded is not None and not self._loaded.done():
+            self._loaded.set_result(message)
+
+    async def _exit_reason(self) -> Death:
+        """Why the attach stream ended: what fnhost did, or what the engine says happened."""
+        if self._death is not None:
+            return self._death
+        state: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            state = await asyncio.to_thread(self._wait_stopped)
+        tail = self._demux.stderr_tail if self._demux else b""
+        if self._death is not None:
+            return self._death
+        if state.get("OOMKilled") or any(marker in tail for marker in OOM_MARKERS):
+            return Death("memory", MEMORY_ERROR)
+        code = state.get("ExitCode")
+        if code is None:
+            reason = "the container's stream to fnhost ended"
+        elif code > 128 and code - 128 in signal.Signals._value2member_map_:
+            reason = f"the container died: killed by {signal.Signals(code - 128).name}"
+        else:
+            reason = f"the container exited with code {code}"
+        last_line = self._last_stderr_line(tail)
+        return Death("crash", f"{reason}: {last_line}" if last_line else reason)
+
+    def _wait_stopped(self) -> dict[str, Any]:
+        api = self.settings.client.api
+        assert self.container_id is not None
+        with contextlib.suppress(Exception):
+            api.wait(self.container_id, timeout=5)
+        state: dict[str, Any] = api.inspect_container(self.container_id)["State"]
+        return state
+
+    @staticmethod
+    def _last_stderr_line(tail: bytes) -> str:
+        lines = tail.decode(errors="replace").strip().splitlines()
+        return _PATH.sub(r"\1", lines[-1].strip())[:500] if lines else ""
+
+
+async def _remove(client: Any, container_id: str) -> None:
+    """Kill and remove a container; one already gone is fine."""
+    import docker.errors
+
+    try:
+        await asyncio.to_thread(client.api.remove_container, container_id, force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # removal already in progress
+            log.warning("removing container %s failed: %s", container_id[:12], _explain(exc))
+
+
+def _explain(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).strip()[:300] or type(exc).__name__

@@ -1,0 +1,110 @@
+"""End-user tokens of WebSocket connections: which mode applies to an app, and whose keys
+verify a token. The verified claims reach every function the connection triggers as
+ctx.user.
+
+The mode is `[trigger.websocket] auth`, raised to "required" for an app whose settings
+say `websocket.requireToken`. A token is verified with `[trigger.websocket] jwt_secret`
+(HS256) when it is set, otherwise with the app's own keys through the core's end-user
+verifier (`platform.end_users`, the same one that checks http triggers' tokens).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import jwt
+
+from fnhost.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from fnhost.platform import Platform
+    from fnhost_ws.trigger import WebSocketConfig
+
+Mode = Literal["none", "optional", "required"]
+LEEWAY_SECONDS = 5
+
+
+class ConnectionAuth:
+    def __init__(self, config: WebSocketConfig, platform: Platform) -> None:
+        self._config = config
+        self._platform = platform
+
+    async def user_of(self, app_id: str, token: str | None) -> dict[str, Any] | None:
+        """ctx.user of a new connection: the token's claims, or None for an anonymous one.
+
+        Raise `Unauthenticated` (saying why) when the app requires a valid token.
+        """
+        mode = await self.mode_of(app_id)
+        if mode == "none":
+            return None
+        if token is None:
+            if mode == "required":
+                raise Unauthenticated(
+                    "an end-user token is required: Authorization: Bearer <token> or ?token="
+                )
+            return None
+        try:
+            return await self.verify(app_id, token)
+        except Unauthenticated:
+            if mode == "required":
+                raise
+            return None
+
+    async def mode_of(self, app_id: str) -> Mode:
+        if self._config.auth == "required":
+            return "required"
+        app = await self._platform.store.get_app(app_id)
+        settings = app.settings.get("websocket") if app is not None else None
+        if isinstance(settings, dict) and settings.get("requireToken"):
+            return "required"
+        return self._config.auth
+
+    async def verify(self, app_id: str, token: str) -> dict[str, Any]:
+        if self._config.jwt_secret:
+            return verify_hs256(token, self._config.jwt_secret, self._config.jwt_audience)
+        end_users = getattr(self._platform, "end_users", None)
+        if end_users is None:
+            raise Unauthenticated("end-user tokens are not configured on this server")
+        claims: dict[str, Any] = await end_users.verify(app_id, token)
+        return claims
+
+
+def verify_hs256(token: str, secret: str, audience: str | None) -> dict[str, Any]:
+    """The claims of an HS256 token signed with `secret`, not expired (an `exp` is
+    required), already valid (`nbf`) and for `audience` when one is configured."""
+    try:
+        algorithm = jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError:
+        raise Unauthenticated("malformed token") from None
+    if algorithm != "HS256":
+        raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=audience,
+            leeway=LEEWAY_SECONDS,
+            options={"require": ["exp"], "verify_aud": audience is not None},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise Unauthenticated("token not yet valid") from None
+    except jwt.InvalidAudienceError:
+        raise Unauthenticated("token audience not accepted") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise Unauthenticated(f"token has no {exc.claim!r} claim") from None
+    except jwt.PyJWTError:
+        raise Unauthenticated("invalid token") from None
+    return claims
+
+
+def token_of(authorization: str | None, query_token: str | None) -> str | None:
+    """The token of `Authorization: Bearer <token>`, else of `?token=` (browsers cannot set
+    headers on a WebSocket)."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return query_token or None
