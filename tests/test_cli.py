@@ -144,6 +144,16 @@ def test_keys_create_gives_an_app_key(server: Server) -> None:
     denied = server.fnhost("ls", "--app", "team-b", "--key", key, check=False)
     assert denied.returncode == 1 and "403" in denied.stderr
 
+    listed = json.loads(server.fnhost("keys", "list", "team-a", "--json").stdout)["keys"]
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert key not in json.dumps(listed)
+    assert "admin" in server.fnhost("keys", "list").stdout
+    server.fnhost("keys", "revoke", created["id"])
+    revoked = server.fnhost("ls", "--app", "team-a", "--key", key, check=False)
+    assert revoked.returncode == 1 and "401" in revoked.stderr
+    missing = server.fnhost("keys", "revoke", "nope", check=False)
+    assert missing.returncode == 1 and "nope" in missing.stderr
+
 
 def test_plugins_command_lists_bundled_plugins(tmp_path: Path) -> None:
     result = subprocess.run(

@@ -179,24 +179,12 @@ def keys() -> None:
 @click.pass_context
 def keys_create(ctx: click.Context, app_id: str, name: str, as_json: bool) -> None:
     """Create an API key for APP_ID; the key is printed once."""
-    from fnhost.platform import Platform
 
-    config = _config(ctx.obj["config_path"])
+    async def create(platform: Any) -> tuple[str, str]:
+        key, secret = await platform.keys.create_app_key(app_id, name)
+        return key.id, secret
 
-    async def create() -> tuple[str, str]:
-        platform = Platform(config)
-        await platform.store.start()
-        try:
-            key, secret = await platform.keys.create_app_key(app_id, name)
-            return key.id, secret
-        finally:
-            await platform.store.stop()
-
-    try:
-        key_id, secret = asyncio.run(create())
-    except FnhostError as exc:
-        fail(exc.message)
-        return
+    key_id, secret = _with_store(ctx, create)
     if as_json:
         click.echo(json.dumps({"id": key_id, "app_id": app_id, "key": secret}))
     else:
@@ -204,6 +192,78 @@ def keys_create(ctx: click.Context, app_id: str, name: str, as_json: bool) -> No
             f"API key for app [bold]{app_id}[/] (id {key_id}; shown once):", highlight=False
         )
         console.print(f"  [bold]{secret}[/]", highlight=False)
+
+
+def _with_store(ctx: click.Context, work: Any) -> Any:
+    """Run `work(platform)` with only the store started (no runtime, no server)."""
+    from fnhost.platform import Platform
+
+    config = _config(ctx.obj["config_path"])
+
+    async def run() -> Any:
+        platform = Platform(config)
+        await platform.store.start()
+        try:
+            return await work(platform)
+        finally:
+            await platform.store.stop()
+
+    try:
+        return asyncio.run(run())
+    except FnhostError as exc:
+        fail(exc.message)
+
+
+@keys.command("list")
+@click.argument("app_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_list(ctx: click.Context, app_id: str | None, as_json: bool) -> None:
+    """List API keys (of APP_ID, or all); secrets are never shown, only ids."""
+
+    async def work(platform: Any) -> list[Any]:
+        return list(await platform.store.list_api_keys(app_id))
+
+    found = _with_store(ctx, work)
+    rows = [
+        {
+            "id": k.id,
+            "role": k.role,
+            "app_id": k.app_id,
+            "name": k.name,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in found
+    ]
+    if as_json:
+        click.echo(json.dumps({"keys": rows}, indent=2))
+        return
+    table = Table("id", "role", "app", "name", "created", "revoked")
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["role"],
+            row["app_id"] or "*",
+            row["name"] or "-",
+            row["created_at"],
+            row["revoked_at"] or "-",
+        )
+    console.print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key by id (see `fnhost keys list`); it stops working at once."""
+
+    async def work(platform: Any) -> bool:
+        return bool(await platform.store.revoke_api_key(key_id))
+
+    if not _with_store(ctx, work):
+        fail(f"no key with id {key_id!r}")
+    console.print(f"revoked key {key_id}", highlight=False)
 
 
 # -- client side ---------------------------------------------------------------------

@@ -2,9 +2,10 @@
 record is durable, and records that arrive while a batch is being written go in
 the next batch, so one transaction serves many concurrent invocations.
 
-When the store fails, the batch is kept in memory and retried with backoff; the
-callers are released (a function call must not hang on the log store) and the
-records are written once the store answers again.
+When the store fails, the batch goes to a local journal (`<data_dir>/records.journal`,
+fsynced) and the callers are released: a function call must not hang on the log
+store, and an answered invocation is never only in memory. The journal is replayed
+into the store once it answers again, and at the next start after a crash.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
+from fnhost.errors import Conflict
 from fnhost.models import InvocationRecord
 
 if TYPE_CHECKING:
@@ -22,43 +28,57 @@ if TYPE_CHECKING:
 log = logging.getLogger("fnhost.records")
 
 MAX_BATCH = 500
-RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
-SHUTDOWN_FLUSH_ATTEMPTS = 3
+JOURNAL_FILE = "records.journal"
+REPLAY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(InvocationRecord)
 
 
 class RecordWriter:
     def __init__(self, platform: Platform) -> None:
         self._platform = platform
-        self._pending: list[tuple[InvocationRecord, asyncio.Future[None] | None]] = []
+        self._pending: list[tuple[InvocationRecord, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._failures = 0
+        self._replayer: asyncio.Task[None] | None = None
+        self.journal = Path(platform.config.server.data_dir) / JOURNAL_FILE
+        self._replaying = self.journal.with_suffix(".replaying")
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="fnhost-record-writer")
+        if self._has_journal():
+            self._schedule_replay()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for _ in range(SHUTDOWN_FLUSH_ATTEMPTS):
-            if not self._pending:
-                return
+        for task in (self._task, self._replayer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._replayer = None
+        while self._pending:
             await self._write_batch()
-        if self._pending:
-            log.error("%d invocation records could not be written at shutdown", len(self._pending))
+        with contextlib.suppress(Exception):
+            await self._replay()
+
+    def _has_journal(self) -> bool:
+        return self.journal.exists() or self._replaying.exists()
 
     @property
-    def backlog(self) -> int:
-        """Records waiting to be written (non-zero while the store is failing)."""
-        return len(self._pending)
+    def journaled(self) -> int:
+        """Records waiting in the journal for the store (non-zero while it is failing)."""
+        total = 0
+        for path in (self.journal, self._replaying):
+            if path.exists():
+                with path.open("rb") as handle:
+                    total += sum(1 for _ in handle)
+        return total
 
     async def append(self, record: InvocationRecord) -> None:
-        """Queue a record and wait until it is durable (or the store is failing)."""
-        if self._task is None:  # not started (e.g. a plugin test): write directly
+        """Queue a record and wait until it is durable (in the store, or the journal)."""
+        if self._task is None:  # not started (e.g. a plugin's own test): write directly
             await self._platform.store.append_invocations([record])
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -71,30 +91,78 @@ class RecordWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                if not await self._write_batch():
-                    delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1]
-                    await asyncio.sleep(delay)
+                await self._write_batch()
 
-    async def _write_batch(self) -> bool:
+    async def _write_batch(self) -> None:
         batch = self._pending[:MAX_BATCH]
-        try:
-            await self._platform.store.append_invocations([record for record, _ in batch])
-        except Exception as exc:
-            self._failures += 1
-            log.error(
-                "writing %d invocation records failed (%s); will retry",
-                len(batch),
-                type(exc).__name__,
-            )
-            for index, (record, future) in enumerate(batch):
-                if future is not None and not future.done():
-                    future.set_result(None)
-                batch[index] = (record, None)
-            self._pending[: len(batch)] = batch
-            return False
-        self._failures = 0
         del self._pending[: len(batch)]
+        records = [record for record, _ in batch]
+        try:
+            await self._platform.store.append_invocations(records)
+        except Exception as exc:
+            log.error(
+                "writing %d invocation records failed (%s: %s); journaling them",
+                len(records),
+                type(exc).__name__,
+                exc,
+            )
+            try:
+                await asyncio.to_thread(self._journal_append, records)
+            except OSError:
+                log.exception("journaling %d invocation records failed", len(records))
+            self._schedule_replay()
         for _, future in batch:
-            if future is not None and not future.done():
+            if not future.done():
                 future.set_result(None)
-        return True
+
+    def _journal_append(self, records: list[InvocationRecord]) -> None:
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("ab") as handle:
+            handle.write(b"".join(_encoder.encode(r) + b"\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _schedule_replay(self) -> None:
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.create_task(
+                self._replay_until_done(), name="fnhost-record-replay"
+            )
+
+    async def _replay_until_done(self) -> None:
+        attempt = 0
+        while self._has_journal():
+            try:
+                await self._replay()
+            except Exception as exc:
+                delay = REPLAY_DELAYS[min(attempt, len(REPLAY_DELAYS) - 1)]
+                attempt += 1
+                log.warning(
+                    "store still failing (%s); replaying the journal in %.1f s",
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _replay(self) -> None:
+        """Move journaled records into the store; records already there are skipped,
+        so a crash between the store write and the journal removal duplicates nothing."""
+        if not self._has_journal():
+            return
+        # New failures append to the journal while we replay; take it over first.
+        replaying = self._replaying
+        if not replaying.exists():
+            self.journal.rename(replaying)
+        records = [_decoder.decode(line) for line in replaying.read_bytes().splitlines() if line]
+        store = self._platform.store
+        for start in range(0, len(records), MAX_BATCH):
+            batch = records[start : start + MAX_BATCH]
+            try:
+                await store.append_invocations(batch)
+            except Conflict:
+                for record in batch:  # some were stored before a crash: skip those
+                    with contextlib.suppress(Conflict):
+                        await store.append_invocations([record])
+        replaying.unlink()
+        log.info("replayed %d journaled invocation records into the store", len(records))
+        if self.journal.exists():
+            await self._replay()

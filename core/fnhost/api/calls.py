@@ -128,15 +128,14 @@ async def run_public_call(
         if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
     ]
     if result.stream is not None:
-        streamed = ASGIStreamingResponse(
+        # Headers given to the constructor win over media_type (set only when absent).
+        return ASGIStreamingResponse(
             iterator=result.stream,
             status_code=result.status_code,
+            headers=headers,  # type: ignore[arg-type]  # a list keeps repeated headers
             media_type="application/octet-stream",
             is_head_response=method == "HEAD",
         )
-        for key, value in headers:
-            streamed.headers.add(key, value)
-        return streamed
     return ASGIResponse(
         body=b"" if method == "HEAD" else result.body,
         status_code=result.status_code,

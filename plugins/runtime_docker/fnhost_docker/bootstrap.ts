@@ -1,15 +1,18 @@
 // fnhost function container: loads one function revision and runs its invocations.
 //
-// Adapted from the "deno" runtime's worker bootstrap, so a function sees exactly the same
-// Request, ctx, console and errors on both runtimes. The container's stdin/stdout, attached
-// through the Docker engine, carry frames:
+// A copy of the "deno" runtime's worker bootstrap with one change (`writeCode`), so a
+// function sees exactly the same Request, ctx, console and errors on both runtimes. The
+// container's stdin/stdout, attached through the Docker engine, carry frames:
 //   u32 BE header length | u32 BE body length | JSON header | raw body bytes
 // so binary bodies travel untouched. Several invocations run at once, each tagged by an
 // id; AsyncLocalStorage attributes console output to the invocation that made it.
 //
 // The code and the env vars arrive in the first frame (never on the container's command
 // line or environment, which `docker inspect` would show); the code is written to the
-// container's own tmpfs and imported, then write access is revoked.
+// container's own tmpfs and imported, after write access is revoked.
+//
+// Everything the function must not reach (the real stdin/stdout, Deno.exit, the process
+// environment) is captured or replaced here before the function's module is imported.
 
 import { AsyncLocalStorage } from "node:async_hooks";
 
@@ -25,6 +28,7 @@ interface Invocation {
   finished: boolean; // result sent: later output has nowhere to go
   controller: AbortController;
   indent: string; // console.group nesting
+  stopStream?: () => void; // while its body streams: cancel the body's reader
 }
 
 const EMPTY = new Uint8Array(0);
@@ -418,23 +422,46 @@ async function load(header: Header): Promise<void> {
   send({ t: "ready", rss: memoryUsage().rss });
 }
 
-// ---- invocations ------------------------------------------------------------------
+// ---- response bodies ----------------------------------------------------------------
+//
+// A body that is complete when the handler returns (a string, bytes, JSON, a Blob, a
+// stream filled synchronously) goes back in the result frame, as one piece. A body whose
+// next chunk is not there yet (a ReadableStream fed by timers or I/O, a proxied fetch) is
+// streamed: a result frame with `stream: true` (status and headers), a chunk frame per
+// chunk as it is produced, then an end frame with the outcome and the logs. "Not there
+// yet" means a read that does not settle within a few microtask turns: Deno's static
+// bodies settle in at most 6, anything waiting on the event loop never does.
 
-async function readBody(response: Response): Promise<Uint8Array | null> {
-  if (!response.body) return EMPTY;
-  const reader = response.body.getReader();
-  const parts: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    size += value.length;
-    if (size > bodyLimit) {
-      await reader.cancel();
-      return null;
-    }
-    parts.push(value);
+const SOON_TURNS = 16;
+const NOT_YET = Symbol("not yet");
+const STREAMED = Symbol("streamed");
+type Read = ReadableStreamReadResult<unknown>;
+
+async function settledSoon<T>(promise: Promise<T>): Promise<T | typeof NOT_YET> {
+  let state = 0;
+  let value: T | undefined;
+  let failure: unknown;
+  promise.then(
+    (result) => ((state = 1), (value = result)),
+    (error) => ((state = 2), (failure = error)),
+  );
+  for (let turn = 0; state === 0 && turn < SOON_TURNS; turn++) await null;
+  if (state === 2) throw failure;
+  return state === 1 ? (value as T) : NOT_YET;
+}
+
+// Chunks as Deno.serve accepts them, plus strings (encoded as UTF-8).
+function bytesOf(chunk: unknown): Uint8Array {
+  if (chunk instanceof Uint8Array) return chunk;
+  if (typeof chunk === "string") return encoder.encode(chunk);
+  if (ArrayBuffer.isView(chunk)) {
+    return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
   }
+  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  throw new TypeError(`the response stream produced ${describe(chunk)}, not bytes`);
+}
+
+function concat(parts: Uint8Array[], size: number): Uint8Array {
   if (parts.length === 1) return parts[0];
   const body = new Uint8Array(size);
   let offset = 0;
@@ -444,6 +471,75 @@ async function readBody(response: Response): Promise<Uint8Array | null> {
   }
   return body;
 }
+
+// The whole body, null past the limit, or STREAMED when `stream()` took over.
+async function readBody(
+  invocation: Invocation,
+  response: Response,
+): Promise<Uint8Array | null | typeof STREAMED> {
+  if (!response.body) return EMPTY;
+  const reader = response.body.getReader();
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const read = reader.read();
+    const next = await settledSoon(read);
+    if (next === NOT_YET) {
+      await stream(invocation, response, reader, read, parts, size);
+      return STREAMED;
+    }
+    if (next.done) return concat(parts, size);
+    const chunk = bytesOf(next.value);
+    size += chunk.length;
+    if (size > bodyLimit) {
+      await reader.cancel();
+      return null;
+    }
+    parts.push(chunk);
+  }
+}
+
+async function stream(
+  invocation: Invocation,
+  response: Response,
+  reader: ReadableStreamDefaultReader<unknown>,
+  pending: Promise<Read>,
+  parts: Uint8Array[],
+  size: number,
+): Promise<void> {
+  const id = invocation.id;
+  const chunkHead = encoder.encode(JSON.stringify({ t: "chunk", id }));
+  invocation.stopStream = () => void reader.cancel().catch(() => {});
+  send({
+    t: "result",
+    id,
+    outcome: "ok",
+    status: response.status,
+    headers: [...response.headers],
+    stream: true,
+  });
+  for (const part of parts) sendEncoded(chunkHead, part);
+  let end: Header = { outcome: "ok" };
+  try {
+    for (let next = await pending; !next.done; next = await reader.read()) {
+      if (invocation.finished) return; // cancelled: its answer was already sent
+      const chunk = bytesOf(next.value);
+      size += chunk.length;
+      if (size > bodyLimit) {
+        end = { outcome: "error", error: "response body too large" };
+        await reader.cancel();
+        break;
+      }
+      if (chunk.length) sendEncoded(chunkHead, chunk);
+    }
+  } catch (error) {
+    end = { outcome: "error", error: `the response stream failed: ${errorMessage(error)}` };
+    reader.cancel(error).catch(() => {});
+  }
+  if (!invocation.finished) finish(invocation, "end", end, EMPTY);
+}
+
+// ---- invocations ------------------------------------------------------------------
 
 async function call(invocation: Invocation, header: Header, body: Uint8Array): Promise<void> {
   let result: Header;
@@ -462,7 +558,7 @@ async function call(invocation: Invocation, header: Header, body: Uint8Array): P
       user: header.user ?? null,
       trigger: header.trigger,
       waitUntil: (promise: Promise<unknown>) => waitUntil(invocation, promise),
-      publish: (channel: string, data: unknown) => publish(invocation, channel, data),
+      publish: (channel: string, data?: unknown) => publish(invocation, channel, data),
     };
     const response = await handler(request, ctx);
     if (!(response instanceof Response)) {
@@ -471,7 +567,8 @@ async function call(invocation: Invocation, header: Header, body: Uint8Array): P
         error: `the handler must return a Response, but it returned ${describe(response)}`,
       };
     } else {
-      const content = await readBody(response);
+      const content = await readBody(invocation, response);
+      if (content === STREAMED) return; // the stream sent its own frames
       if (content === null) {
         result = { outcome: "error", error: "response body too large" };
       } else {
@@ -483,19 +580,20 @@ async function call(invocation: Invocation, header: Header, body: Uint8Array): P
     result = { outcome: "error", error: errorMessage(error) };
   }
   if (invocation.finished) return; // cancelled meanwhile: its answer was already sent
-  finish(invocation, result, resultBody);
+  finish(invocation, "result", result, resultBody);
 }
 
-function finish(invocation: Invocation, result: Header, body: Uint8Array): void {
+// The last frame of an invocation: "result" (with the whole body) or "end" (of a stream).
+function finish(invocation: Invocation, type: string, result: Header, body: Uint8Array): void {
   invocation.finished = true;
   invocations.delete(invocation.id);
   const pending = invocation.waits.length > 0;
   const rss = memoryUsage().rss;
-  const header = { t: "result", id: invocation.id, ...result, logs: invocation.logs, rss, pending };
+  const header = { t: type, id: invocation.id, ...result, logs: invocation.logs, rss, pending };
   const head = encoder.encode(JSON.stringify(header));
   if (8 + head.length + body.length > frameLimit) {
     const error = "response too large (body, headers and logs exceed the frame limit)";
-    send({ t: "result", id: invocation.id, outcome: "error", error, logs: [], rss, pending });
+    send({ t: type, id: invocation.id, outcome: "error", error, logs: [], rss, pending });
   } else {
     sendEncoded(head, body);
   }
@@ -512,12 +610,26 @@ function waitUntil(invocation: Invocation, promise: Promise<unknown>): void {
   );
 }
 
-// ctx.publish(channel, data): a WebSocket broadcast, delivered by fnhost.
-function publish(invocation: Invocation, channel: string, data: unknown): void {
+// ctx.publish(channel, data): a WebSocket broadcast to the channel's subscribers in the
+// function's app, delivered by fnhost after this frame; it never fails the invocation.
+// Usage errors (no channel, data that is not JSON, too big) throw at once.
+function publish(invocation: Invocation, channel: string, data: unknown): Promise<void> {
   if (typeof channel !== "string" || !channel) {
     throw new TypeError("ctx.publish: the channel must be a non-empty string");
   }
-  send({ t: "publish", id: invocation.id, channel, data: data ?? null });
+  let head: Uint8Array;
+  try {
+    head = encoder.encode(
+      JSON.stringify({ t: "publish", id: invocation.id, channel, data: data ?? null }),
+    );
+  } catch (error) {
+    throw new TypeError(`ctx.publish: the data must be JSON-serializable (${errorMessage(error)})`);
+  }
+  if (head.length > bodyLimit) {
+    throw new RangeError(`ctx.publish: the message is larger than ${bodyLimit} bytes`);
+  }
+  sendEncoded(head, EMPTY);
+  return Promise.resolve();
 }
 
 function start(header: Header, body: Uint8Array): void {
@@ -545,6 +657,7 @@ function cancel(id: number): void {
   invocation.finished = true;
   invocations.delete(id);
   invocation.controller.abort(new DOMException("the invocation timed out", "TimeoutError"));
+  invocation.stopStream?.();
   send({ t: "cancelled", id, logs: invocation.logs });
 }
 

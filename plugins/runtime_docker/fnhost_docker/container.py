@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 import secrets
@@ -12,17 +11,19 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fnhost.errors import Unavailable
-from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult, LogLine
+from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult
+from fnhost_docker.calls import CallTable, Death
 from fnhost_docker.engine import EngineAddress
 from fnhost_docker.image import BOOTSTRAP, USER
 from fnhost_docker.protocol import (
-    Cancel,
     Cancelled,
+    Chunk,
     ContainerMessage,
     Demultiplexer,
+    End,
     Init,
     Invoke,
     LoadError,
@@ -36,11 +37,10 @@ from fnhost_docker.protocol import (
 
 log = logging.getLogger("fnhost.docker")
 
-MiB = 1024 * 1024
 MEMORY_ERROR = "memory limit exceeded"
-# Past its timeout an invocation is cancelled; a container that does not answer the cancel
-# within this grace is stuck in synchronous code and is removed.
-UNRESPONSIVE_GRACE_SECONDS = 1.0
+# A request body above this waits for the engine to take it (flow control), smaller ones
+# are written and forgotten.
+DRAIN_ABOVE_BYTES = 64 * 1024
 OOM_MARKERS = (b"out of memory", b"Reached heap limit")
 LABEL_PREFIX = "fnhost."
 _PATH = re.compile(r"(?:file://)?(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)")
@@ -63,14 +63,6 @@ class ContainerSettings:
     frame_limit: int
 
 
-@dataclass(frozen=True)
-class Death:
-    """Why a container is gone: the outcome its calls in flight get, and the message."""
-
-    outcome: Literal["crash", "memory"]
-    message: str
-
-
 class LoadFailed(Exception):
     """The module could not be loaded: refused code (`crashed` False) or a dead container."""
 
@@ -78,14 +70,6 @@ class LoadFailed(Exception):
         super().__init__(message)
         self.message = message
         self.crashed = crashed
-
-
-@dataclass
-class _Call:
-    future: asyncio.Future[InvocationResult]
-    timeout_ms: int
-    timed_out: bool = False
-    grace: asyncio.TimerHandle | None = None
 
 
 def labels_of(function: FunctionSpec, owner: str) -> dict[str, str]:
@@ -132,7 +116,6 @@ class FunctionContainer:
         self.function = function
         self.settings = settings
         self._publish = publish
-        self.last_used = time.monotonic()
         self.container_id: str | None = None
         self.started_at: float | None = None  # monotonic, when the engine started it
         self._writer: asyncio.StreamWriter | None = None
@@ -144,10 +127,7 @@ class FunctionContainer:
         self._removal: asyncio.Task[None] | None = None
         self._death: Death | None = None
         self._waiting = 0  # calls waiting for the module to load
-        self._calls: dict[int, _Call] = {}
-        self._background: dict[int, float] = {}  # call id -> deadline of its waitUntil work
-        self._quiet = asyncio.Event()  # set when nothing is in flight
-        self._ids = itertools.count()
+        self._calls = CallTable(self._write, self._stuck, settings.body_limit)
 
     # ---- state -------------------------------------------------------------------
 
@@ -158,11 +138,16 @@ class FunctionContainer:
     @property
     def busy(self) -> bool:
         """Calls waiting or in flight, or waitUntil work not past its deadline."""
-        if self._background:
-            now = time.monotonic()
-            for key in [k for k, deadline in self._background.items() if deadline <= now]:
-                del self._background[key]
-        return bool(self._waiting or self._calls or self._background)
+        return bool(self._waiting) or self._calls.busy()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls waiting for the module to load or running (streams included)."""
+        return self._waiting + self._calls.open_calls
+
+    @property
+    def last_used(self) -> float:
+        return self._calls.last_used
 
     def runs(self, function: FunctionSpec) -> bool:
         """Whether this container runs exactly that code, env and memory limit."""
@@ -190,7 +175,7 @@ class FunctionContainer:
                 await asyncio.shield(self._start_task)
             finally:
                 self._waiting -= 1
-                self._note_progress()
+                self._calls.note_progress()
         self._start_task.result()
 
     async def _start(self, load_seconds: float) -> None:
@@ -255,7 +240,8 @@ class FunctionContainer:
             # stdout is the transport: nothing of it (bodies, logs) lands in the engine's logs
             log_config=LogConfig(type=LogConfig.types.NONE),
         )
-        name = f"fnhost-{function.app_id}-{function.name}-r{function.revision}-{secrets.token_hex(3)}"
+        revision = f"r{function.revision}"
+        name = "-".join(("fnhost", function.app_id, function.name, revision, secrets.token_hex(3)))
         created = api.create_container(
             settings.image,
             command=deno_arguments(function.memory_limit_mb),
@@ -305,34 +291,30 @@ class FunctionContainer:
         return self._retire_task
 
     async def _drain_and_stop(self) -> None:
+        calls = self._calls
         while self.alive and self.busy:
-            self._quiet.clear()
+            calls.quiet.clear()
             wait = None
-            if not (self._waiting or self._calls):
-                wait = max(0.0, min(self._background.values()) - time.monotonic())
+            deadline = calls.background_deadline
+            if not (self._waiting or calls.open_calls) and deadline is not None:
+                wait = max(0.0, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._quiet.wait(), wait)
+                await asyncio.wait_for(calls.quiet.wait(), wait)
         await self.stop()
 
-    def _note_progress(self) -> None:
-        if not self.busy:
-            self._quiet.set()
+    def _stuck(self) -> None:
+        self.kill(Death("crash", "the container was stopped: a call blocked it past its timeout"))
 
     # ---- invocations -------------------------------------------------------------
 
     async def invoke(self, request: InvocationRequest, timeout_ms: int) -> InvocationResult:
         """Run one call once the module is loaded (raise `LoadFailed` if it is not).
-        Failures of the call itself are outcomes, never exceptions."""
+        Failures of the call itself are outcomes, never exceptions. A streamed body comes
+        as the result's `stream`; the result is final once that iterator ends."""
         await self.ready()
         if self._death is not None:
             return InvocationResult(outcome=self._death.outcome, error=self._death.message)
-        loop = asyncio.get_running_loop()
-        call_id = next(self._ids)
-        call = _Call(loop.create_future(), timeout_ms)
-        self._calls[call_id] = call
-        self.last_used = time.monotonic()
-        started = time.perf_counter()
-        timer = loop.call_later(timeout_ms / 1000, self._time_out, call_id)
+        call_id = self._calls.open(timeout_ms)
         message = Invoke(
             id=call_id,
             method=request.method,
@@ -341,43 +323,11 @@ class FunctionContainer:
             trigger=request.trigger,
             user=request.user,
         )
-        try:
-            self._write(encode(message, request.body))
-            if self._writer is not None and len(request.body) > 65536:
-                with contextlib.suppress(ConnectionError):
-                    await self._writer.drain()
-            result = await call.future
-        except asyncio.CancelledError:
-            # The caller went away: let the container abort the call and forget it.
-            self._write(encode(Cancel(id=call_id)))
-            raise
-        finally:
-            timer.cancel()
-            if call.grace is not None:
-                call.grace.cancel()
-            self._calls.pop(call_id, None)
-            self.last_used = time.monotonic()
-            self._note_progress()
-        result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        return result
-
-    def _time_out(self, call_id: int) -> None:
-        call = self._calls.get(call_id)
-        if call is None or call.future.done():
-            return
-        call.timed_out = True
-        self._write(encode(Cancel(id=call_id)))
-        loop = asyncio.get_running_loop()
-        call.grace = loop.call_later(UNRESPONSIVE_GRACE_SECONDS, self._check_responsive, call_id)
-
-    def _check_responsive(self, call_id: int) -> None:
-        call = self._calls.get(call_id)
-        if call is not None and not call.future.done():
-            self.kill(Death("crash", "the container was stopped: a call blocked it past its timeout"))
-
-    def _timeout_result(self, call: _Call, logs: list[LogLine]) -> InvocationResult:
-        error = f"function timed out after {call.timeout_ms} ms"
-        return InvocationResult(outcome="timeout", error=error, logs=logs)
+        self._write(encode(message, request.body))
+        if self._writer is not None and len(request.body) > DRAIN_ABOVE_BYTES:
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+        return await self._calls.answer(call_id)
 
     # ---- transport ---------------------------------------------------------------
 
@@ -404,46 +354,20 @@ class FunctionContainer:
         self._remove()
         if self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(death)
-        for call in list(self._calls.values()):
-            if not call.future.done():
-                if call.timed_out:
-                    call.future.set_result(self._timeout_result(call, []))
-                else:
-                    call.future.set_result(
-                        InvocationResult(outcome=death.outcome, error=death.message)
-                    )
-        self._background.clear()
-        self._quiet.set()
+        self._calls.end_all(death)
 
     def _dispatch(self, message: ContainerMessage, body: bytes) -> None:
-        if isinstance(message, Result):
-            call = self._calls.get(message.id)
-            if message.pending:
-                deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
-                self._background[message.id] = deadline
-            if call is None or call.future.done():
-                return
-            if call.timed_out:
-                call.future.set_result(self._timeout_result(call, message.logs))
-            else:
-                call.future.set_result(
-                    InvocationResult(
-                        outcome=message.outcome,
-                        status_code=message.status,
-                        headers=message.headers,
-                        body=body,
-                        error=message.error,
-                        logs=message.logs,
-                        memory_mb=round(message.rss / MiB, 1),
-                    )
-                )
+        calls = self._calls
+        if isinstance(message, Chunk):
+            calls.on_chunk(message, body)
+        elif isinstance(message, Result):
+            calls.on_result(message, body)
+        elif isinstance(message, End):
+            calls.on_end(message)
         elif isinstance(message, Cancelled):
-            call = self._calls.get(message.id)
-            if call is not None and not call.future.done():
-                call.future.set_result(self._timeout_result(call, message.logs))
+            calls.on_cancelled(message)
         elif isinstance(message, Settled):
-            self._background.pop(message.id, None)
-            self._note_progress()
+            calls.on_settled(message)
         elif isinstance(message, Publish):
             if self._publish is not None:
                 self._publish(message.channel, message.data)

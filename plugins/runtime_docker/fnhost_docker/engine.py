@@ -106,9 +106,8 @@ class EngineAddress:
         status = head.split(b"\r\n", 1)[0]
         if b" 101 " not in status and b" 200 " not in status:
             writer.close()
-            raise Unavailable(
-                f"attaching to container {container_id[:12]} failed: {status.decode(errors='replace')}"
-            )
+            answer = status.decode(errors="replace")
+            raise Unavailable(f"attaching to container {container_id[:12]} failed: {answer}")
         return reader, writer
 
 

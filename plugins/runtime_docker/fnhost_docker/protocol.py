@@ -68,6 +68,9 @@ class LoadError(msgspec.Struct, tag="load_error", tag_field="t"):
 
 
 class Result(msgspec.Struct, tag="result", tag_field="t"):
+    """The function's answer: the whole body follows the header, or, with `stream`, only
+    the status and headers; then the body comes in Chunk frames, closed by an End frame."""
+
     id: int
     outcome: Outcome
     status: int = 200
@@ -76,6 +79,24 @@ class Result(msgspec.Struct, tag="result", tag_field="t"):
     logs: list[LogLine] = msgspec.field(default_factory=list)
     rss: int = 0  # the Deno process's RSS in bytes after the call
     pending: bool = False  # waitUntil work still running; a Settled frame follows
+    stream: bool = False
+
+
+class Chunk(msgspec.Struct, tag="chunk", tag_field="t"):
+    """A piece of a streamed body (the frame's body), as the function produced it."""
+
+    id: int
+
+
+class End(msgspec.Struct, tag="end", tag_field="t"):
+    """The end of a streamed body: how the invocation ended, and its logs."""
+
+    id: int
+    outcome: Outcome
+    error: str | None = None
+    logs: list[LogLine] = msgspec.field(default_factory=list)
+    rss: int = 0
+    pending: bool = False
 
 
 class Cancelled(msgspec.Struct, tag="cancelled", tag_field="t"):
@@ -90,14 +111,14 @@ class Settled(msgspec.Struct, tag="settled", tag_field="t"):
 
 
 class Publish(msgspec.Struct, tag="publish", tag_field="t"):
-    """`ctx.publish(channel, data)` of an invocation."""
+    """`ctx.publish(channel, data)` of an invocation (also from its waitUntil work)."""
 
     id: int
     channel: str
     data: Any = None
 
 
-ContainerMessage = Ready | LoadError | Result | Cancelled | Settled | Publish
+ContainerMessage = Ready | LoadError | Result | Chunk | End | Cancelled | Settled | Publish
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ContainerMessage)

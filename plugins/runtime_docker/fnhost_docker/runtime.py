@@ -298,7 +298,8 @@ def remove_containers(client: Any, owner: str) -> int:
     import docker.errors
 
     removed = 0
-    for summary in client.api.containers(all=True, filters={"label": f"{LABEL_PREFIX}owner={owner}"}):
+    owned = client.api.containers(all=True, filters={"label": f"{LABEL_PREFIX}owner={owner}"})
+    for summary in owned:
         try:
             client.api.remove_container(summary["Id"], force=True, v=True)
             removed += 1

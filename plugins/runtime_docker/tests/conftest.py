@@ -14,6 +14,7 @@ from fnhost.platform import Platform
 from fnhost.testing import make_config, missing_service
 from fnhost_docker.engine import connect, resolve_docker_host
 from fnhost_docker.runtime import DockerRuntime
+from tests.conftest import api, client, platform  # noqa: F401 (for the re-run API tests)
 
 _engine: dict[str, Any] = {}
 
@@ -35,8 +36,8 @@ def docker_client() -> Any:
 async def docker_runtime(data_dir: Path, **docker: Any) -> AsyncIterator[DockerRuntime]:
     """A started "docker" runtime built the way the core builds it, stopped afterwards."""
     docker_client()
-    platform = Platform(make_config(data_dir, runtime={"use": "docker", "docker": docker}))
-    runtime = platform.runtime
+    config = make_config(data_dir, runtime={"use": "docker", "docker": docker})
+    runtime = Platform(config).runtime
     assert isinstance(runtime, DockerRuntime)
     await runtime.start()
     try:

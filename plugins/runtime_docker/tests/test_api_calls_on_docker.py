@@ -1,5 +1,9 @@
 """The end-to-end API tests of tests/test_calls.py, re-run on the docker runtime: this
 folder's conftest.py selects `[runtime] use = "docker"` for them."""
 
-from tests.conftest import api, client, platform  # noqa: F401 (the fixtures they use)
+from fnhost.platform import Platform
 from tests.test_calls import *  # noqa: F403
+
+
+def test_these_api_tests_run_on_the_docker_runtime(platform: Platform) -> None:
+    assert platform.runtime.name == "docker"

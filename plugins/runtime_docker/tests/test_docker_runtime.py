@@ -286,8 +286,10 @@ async def test_a_module_that_fails_to_load_is_refused_and_its_container_removed(
         await runtime.check(make_spec("export default 1 +;\n"))
     assert "handler.ts" in caught.value.message or "line" in caught.value.message
     await eventually(
-        lambda: not engine.api.containers(
-            all=True, filters={"label": f"{LABEL_PREFIX}owner={runtime.owner}"}
+        lambda: (
+            not engine.api.containers(
+                all=True, filters={"label": f"{LABEL_PREFIX}owner={runtime.owner}"}
+            )
         )
     )
 
@@ -315,7 +317,8 @@ async def test_ctx_publish_reaches_the_platform(runtime: DockerRuntime) -> None:
 async def test_no_engine_stops_start_up_naming_docker_host(
     tmp_path: Path, docker_host: str
 ) -> None:
-    config = make_config(tmp_path, runtime={"use": "docker", "docker": {"docker_host": docker_host}})
+    docker = {"docker_host": docker_host}
+    config = make_config(tmp_path, runtime={"use": "docker", "docker": docker})
     runtime = Platform(config).runtime
     with pytest.raises(Unavailable) as caught:
         await runtime.start()
@@ -328,7 +331,7 @@ async def test_docker_host_comes_from_the_environment(
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/from-env.sock")
     runtime = Platform(make_config(tmp_path, runtime={"use": "docker"})).runtime
-    with pytest.raises(Unavailable, match="DOCKER_HOST=unix:///nonexistent/from-env.sock"):
+    with pytest.raises(Unavailable, match=r"DOCKER_HOST=unix:///nonexistent/from-env\.sock"):
         await runtime.start()
 
 
@@ -371,7 +374,9 @@ def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
 
 
 def test_constructing_the_runtime_does_no_io(tmp_path: Path) -> None:
-    config = make_config(tmp_path, runtime={"use": "docker", "docker": {"docker_host": "tcp://x:1"}})
+    config = make_config(
+        tmp_path, runtime={"use": "docker", "docker": {"docker_host": "tcp://x:1"}}
+    )
     runtime = Platform(config).runtime
     assert isinstance(runtime, DockerRuntime)
     assert runtime.client is None

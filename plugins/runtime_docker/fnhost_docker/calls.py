@@ -1,0 +1,287 @@
+"""The invocations in flight on one container: their answers, timeouts, streamed bodies and
+waitUntil work, kept apart from how the container is run and reached.
+
+The same bookkeeping as the "deno" runtime's worker does, so both answer alike: a call
+past its timeout is cancelled (the bootstrap answers with its logs so far) and, when the
+container does not even acknowledge that within a grace period, reported stuck; a
+streamed body is handed to the core as an async iterator and the result becomes final when
+it ends; when the container dies every open call ends with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fnhost.models import InvocationResult, LogLine, Outcome
+from fnhost_docker.protocol import Cancel, Cancelled, Chunk, End, Result, Settled, encode
+
+MiB = 1024 * 1024
+# Past its timeout an invocation is cancelled; a container that does not answer the cancel
+# within this grace is stuck in synchronous code.
+UNRESPONSIVE_GRACE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Death:
+    """Why a container is gone: the outcome its calls in flight get, and the message."""
+
+    outcome: Literal["crash", "memory"]
+    message: str
+
+
+@dataclass
+class _Stream:
+    """A streamed body on its way: chunks not yet taken by the consumer."""
+
+    result: InvocationResult
+    chunks: deque[bytes] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    size: int = 0
+    ended: bool = False
+
+
+@dataclass
+class _Call:
+    future: asyncio.Future[InvocationResult]
+    timeout_ms: int
+    started: float  # perf_counter
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+    grace: asyncio.TimerHandle | None = None
+    stream: _Stream | None = None
+
+    @property
+    def settled(self) -> bool:
+        """The container has answered: the result, or the end of its streamed body."""
+        return self.future.done() and (self.stream is None or self.stream.ended)
+
+
+class CallTable:
+    """Open calls by id. `write` sends a frame to the container; `stuck` is called when a
+    timed-out call is not even acknowledged (the container must go)."""
+
+    def __init__(
+        self, write: Callable[[bytes], None], stuck: Callable[[], None], body_limit: int
+    ) -> None:
+        self._write = write
+        self._stuck = stuck
+        self._body_limit = body_limit
+        self._calls: dict[int, _Call] = {}
+        self._background: dict[int, float] = {}  # call id -> deadline of its waitUntil work
+        self._ids = itertools.count()
+        self.quiet = asyncio.Event()  # set whenever nothing is in flight
+        self.last_used = time.monotonic()
+
+    @property
+    def open_calls(self) -> int:
+        return len(self._calls)
+
+    @property
+    def background_deadline(self) -> float | None:
+        """When the earliest waitUntil work still running is past its deadline."""
+        return min(self._background.values()) if self._background else None
+
+    def busy(self) -> bool:
+        """Calls in flight, or waitUntil work not past its deadline."""
+        if self._background:
+            now = time.monotonic()
+            for key in [k for k, deadline in self._background.items() if deadline <= now]:
+                del self._background[key]
+        return bool(self._calls or self._background)
+
+    def note_progress(self) -> None:
+        if not self.busy():
+            self.quiet.set()
+
+    # ---- one call ------------------------------------------------------------------
+
+    def open(self, timeout_ms: int) -> int:
+        loop = asyncio.get_running_loop()
+        call_id = next(self._ids)
+        call = _Call(loop.create_future(), timeout_ms, time.perf_counter())
+        call.timer = loop.call_later(timeout_ms / 1000, self._time_out, call_id)
+        self._calls[call_id] = call
+        self.last_used = time.monotonic()
+        return call_id
+
+    async def answer(self, call_id: int) -> InvocationResult:
+        """The result of the call, with `stream` set when its body is streamed."""
+        call = self._calls[call_id]
+        try:
+            result = await call.future
+        except asyncio.CancelledError:
+            # The caller went away: let the container abort the call and forget it.
+            self._write(encode(Cancel(id=call_id)))
+            self._end_call(call_id)
+            raise
+        if call.stream is None:
+            self._end_call(call_id)
+            result.duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+        else:
+            result.stream = self._chunks_of(call_id, call.stream)
+        return result
+
+    def _end_call(self, call_id: int) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return
+        for timer in (call.timer, call.grace):
+            if timer is not None:
+                timer.cancel()
+        self.last_used = time.monotonic()
+        self.note_progress()
+
+    async def _chunks_of(self, call_id: int, stream: _Stream) -> AsyncIterator[bytes]:
+        """The chunks of a streamed body as they arrive. A consumer that stops early
+        cancels the function's stream (its record keeps the outcome so far)."""
+        try:
+            while True:
+                if stream.chunks:
+                    yield stream.chunks.popleft()
+                elif stream.ended:
+                    return
+                else:
+                    stream.arrived.clear()
+                    await stream.arrived.wait()
+        finally:
+            if not stream.ended:
+                self._write(encode(Cancel(id=call_id)))
+
+    def _end_stream(
+        self,
+        call_id: int,
+        call: _Call,
+        outcome: Outcome,
+        error: str | None,
+        logs: list[LogLine],
+        rss: int = 0,
+    ) -> None:
+        assert call.stream is not None
+        result = call.stream.result
+        result.outcome, result.error, result.logs = outcome, error, logs
+        if rss:
+            result.memory_mb = round(rss / MiB, 1)
+        result.duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+        call.stream.ended = True
+        call.stream.arrived.set()
+        self._end_call(call_id)
+
+    # ---- timeouts ------------------------------------------------------------------
+
+    def _time_out(self, call_id: int) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.settled:
+            return
+        call.timed_out = True
+        self._write(encode(Cancel(id=call_id)))
+        loop = asyncio.get_running_loop()
+        call.grace = loop.call_later(UNRESPONSIVE_GRACE_SECONDS, self._check_responsive, call_id)
+
+    def _check_responsive(self, call_id: int) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and not call.settled:
+            self._stuck()
+
+    @staticmethod
+    def _timeout_error(call: _Call) -> str:
+        return f"function timed out after {call.timeout_ms} ms"
+
+    def _timeout_result(self, call: _Call, logs: list[LogLine]) -> InvocationResult:
+        return InvocationResult(outcome="timeout", error=self._timeout_error(call), logs=logs)
+
+    # ---- frames from the container -------------------------------------------------
+
+    def on_result(self, message: Result, body: bytes) -> None:
+        call = self._calls.get(message.id)
+        self._note_pending(message.id, call, message.pending)
+        if call is None or call.future.done():
+            return
+        if call.timed_out:
+            call.future.set_result(self._timeout_result(call, message.logs))
+            return
+        result = InvocationResult(
+            outcome=message.outcome,
+            status_code=message.status,
+            headers=message.headers,
+            body=body,
+            error=message.error,
+            logs=message.logs,
+            memory_mb=round(message.rss / MiB, 1),
+        )
+        if message.stream:
+            call.stream = _Stream(result)
+        call.future.set_result(result)
+
+    def on_chunk(self, message: Chunk, chunk: bytes) -> None:
+        call = self._calls.get(message.id)
+        stream = call.stream if call is not None else None
+        if call is None or stream is None or stream.ended:
+            return
+        stream.size += len(chunk)
+        if stream.size > self._body_limit:  # the bootstrap stops first; in case it does not
+            self._write(encode(Cancel(id=message.id)))
+            self._end_stream(message.id, call, "error", "response body too large", [])
+            return
+        stream.chunks.append(chunk)
+        stream.arrived.set()
+
+    def on_end(self, message: End) -> None:
+        call = self._calls.get(message.id)
+        self._note_pending(message.id, call, message.pending)
+        if call is None or call.stream is None or call.stream.ended:
+            return
+        error: str | None
+        if call.timed_out:
+            outcome: Outcome = "timeout"
+            error = self._timeout_error(call)
+        else:
+            outcome, error = message.outcome, message.error
+        self._end_stream(message.id, call, outcome, error, message.logs, message.rss)
+
+    def on_cancelled(self, message: Cancelled) -> None:
+        call = self._calls.get(message.id)
+        if call is None:
+            return
+        if call.stream is not None:
+            if not call.stream.ended:
+                # Past its timeout, or its consumer went away (then it stays "ok").
+                outcome: Outcome = "timeout" if call.timed_out else call.stream.result.outcome
+                error = self._timeout_error(call) if call.timed_out else None
+                self._end_stream(message.id, call, outcome, error, message.logs)
+        elif not call.future.done():
+            call.future.set_result(self._timeout_result(call, message.logs))
+
+    def on_settled(self, message: Settled) -> None:
+        self._background.pop(message.id, None)
+        self.note_progress()
+
+    def _note_pending(self, call_id: int, call: _Call | None, pending: bool) -> None:
+        if pending:
+            deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
+            self._background[call_id] = deadline
+
+    # ---- the container is gone -------------------------------------------------------
+
+    def end_all(self, death: Death) -> None:
+        """Every open call ends: as timed out if it was, else with the container's death."""
+        for call_id, call in list(self._calls.items()):
+            if call.stream is not None and not call.stream.ended:
+                if call.timed_out:
+                    self._end_stream(call_id, call, "timeout", self._timeout_error(call), [])
+                else:
+                    self._end_stream(call_id, call, death.outcome, death.message, [])
+            elif not call.future.done():
+                if call.timed_out:
+                    call.future.set_result(self._timeout_result(call, []))
+                else:
+                    call.future.set_result(
+                        InvocationResult(outcome=death.outcome, error=death.message)
+                    )
+        self._background.clear()
+        self.quiet.set()
