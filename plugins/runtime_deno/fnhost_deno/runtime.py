@@ -325,6 +325,10 @@ class DenoRuntime(Runtime):
         """Process id of the first warm worker of each (app_id, name, revision)."""
         return {key: pids[0] for key, pids in self.pool_pids().items()}
 
+    def in_flight(self) -> int:
+        """Calls in flight (streams included) on every worker, warm or retiring."""
+        return sum(w.in_flight for w in (*self._warm(), *self._retiring.values()))
+
     def pool_pids(self) -> dict[WorkerKey, list[int]]:
         """Process ids of every warm worker, by (app_id, name, revision)."""
         pools = {

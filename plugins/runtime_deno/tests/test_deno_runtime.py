@@ -14,7 +14,7 @@ import pytest
 from fnhost.errors import CodeCheckFailed, ConfigError
 from fnhost.platform import Platform
 from fnhost.testing import RuntimeContract, make_config
-from fnhost.testing.runtime_contract import COUNTER, call, make_spec
+from fnhost.testing.runtime_contract import COUNTER, call, make_request, make_spec
 from fnhost_deno.runtime import DenoRuntime
 from plugins.runtime_deno.tests.support import (
     deno_pids,
@@ -140,6 +140,27 @@ async def test_writes_to_stdout_go_to_the_log_not_the_transport(runtime: DenoRun
             ("error", "raw err"),
             ("info", "node out"),
         ]
+
+
+async def test_garbage_on_the_transport_only_breaks_the_functions_own_worker(
+    runtime: DenoRuntime,
+) -> None:
+    # A function can reach its own stdout through node:fs; it gains nothing by it: frames
+    # carry no authority (fnhost knows which app and function a worker runs).
+    bystander = make_spec(COUNTER, name="bystander")
+    assert (await call(runtime, bystander)).body == b"1"
+    code = """export default async (req) => {
+      if (new URL(req.url).pathname === "/forge") {
+        (await import("node:fs")).writeSync(1, "garbage, not a frame");
+      }
+      return new Response("fine");
+    }"""
+    forger = make_spec(code, name="forger")
+    result = await call(runtime, forger, "GET", "/forge")
+    assert result.outcome == "crash"
+    assert result.error is not None and "protocol" in result.error
+    assert (await call(runtime, forger)).body == b"fine"
+    assert (await call(runtime, bystander)).body == b"2"
 
 
 # ---- the worker process ---------------------------------------------------------------
@@ -309,3 +330,48 @@ async def test_the_config_is_validated(tmp_path: Path) -> None:
         Platform(make_config(tmp_path, runtime={"deno": {"max_warm": 0}}))
     with pytest.raises(ConfigError, match=r"runtime\.deno\.warm: unknown key"):
         Platform(make_config(tmp_path, runtime={"deno": {"warm": 1}}))
+
+
+# ---- streamed bodies ----------------------------------------------------------------------
+
+ENDLESS = """export default () => new Response(new ReadableStream({
+  async pull(controller) {
+    await new Promise((r) => setTimeout(r, 10));
+    controller.enqueue(new TextEncoder().encode("."));
+  },
+}))"""
+
+
+async def test_a_consumer_leaving_a_stream_stops_it_in_the_worker(runtime: DenoRuntime) -> None:
+    function = make_spec(ENDLESS, timeout_ms=60_000)
+    result = await runtime.invoke(function, make_request())
+    assert result.stream is not None
+    async for _ in result.stream:
+        break
+    await result.stream.aclose()  # type: ignore[attr-defined]
+    await eventually(lambda: runtime.in_flight() == 0)
+    assert result.outcome == "ok"
+    pid = only_pid(runtime)
+    assert (await call(runtime, make_spec(COUNTER, name="other"))).body == b"1"
+    assert runtime.worker_pids()[("contract", "fn", 1)] == pid
+
+
+async def test_a_static_body_is_not_streamed(runtime: DenoRuntime) -> None:
+    for body in ['"text"', "new Uint8Array(100000)", 'new Blob(["a", "b"])', "null"]:
+        code = f"export default () => new Response({body})"
+        result = await runtime.invoke(make_spec(code), make_request())
+        assert result.outcome == "ok" and result.stream is None, body
+    json_body = "export default () => Response.json({ a: 1 })"
+    assert (await runtime.invoke(make_spec(json_body), make_request())).stream is None
+
+
+async def test_a_killed_worker_ends_its_streams_as_a_crash(runtime: DenoRuntime) -> None:
+    result = await runtime.invoke(make_spec(ENDLESS, timeout_ms=60_000), make_request())
+    assert result.stream is not None
+    chunks = []
+    async for chunk in result.stream:
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            os.kill(only_pid(runtime), signal.SIGKILL)
+    assert result.outcome == "crash"
+    assert result.error is not None and "SIGKILL" in result.error
