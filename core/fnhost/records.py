@@ -5,7 +5,9 @@ the next batch, so one transaction serves many concurrent invocations.
 When the store fails, the batch goes to a local journal (`<data_dir>/records.journal`,
 fsynced) and the callers are released: a function call must not hang on the log
 store, and an answered invocation is never only in memory. The journal is replayed
-into the store once it answers again, and at the next start after a crash.
+into the store once it answers again, and at the next start after a crash. A record
+the store refuses for good while it answers (a value it cannot hold) is moved to
+`<data_dir>/records.rejected` so that it cannot hold the others back.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from fnhost.errors import Conflict
-from fnhost.models import InvocationRecord
+from fnhost.errors import Conflict, Unavailable
+from fnhost.models import InvocationRecord, LogQuery
 
 if TYPE_CHECKING:
     from fnhost.platform import Platform
@@ -29,6 +31,7 @@ log = logging.getLogger("fnhost.records")
 
 MAX_BATCH = 500
 JOURNAL_FILE = "records.journal"
+REJECTED_FILE = "records.rejected"
 REPLAY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 _encoder = msgspec.json.Encoder()
@@ -44,6 +47,7 @@ class RecordWriter:
         self._replayer: asyncio.Task[None] | None = None
         self.journal = Path(platform.config.server.data_dir) / JOURNAL_FILE
         self._replaying = self.journal.with_suffix(".replaying")
+        self.rejected = self.journal.with_name(REJECTED_FILE)
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -116,9 +120,13 @@ class RecordWriter:
                 future.set_result(None)
 
     def _journal_append(self, records: list[InvocationRecord]) -> None:
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        with self.journal.open("ab") as handle:
-            handle.write(b"".join(_encoder.encode(r) + b"\n" for r in records))
+        self._append_lines(self.journal, [_encoder.encode(r) for r in records])
+
+    @staticmethod
+    def _append_lines(path: Path, lines: list[bytes]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as handle:
+            handle.write(b"".join(line + b"\n" for line in lines))
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -152,17 +160,49 @@ class RecordWriter:
         replaying = self._replaying
         if not replaying.exists():
             self.journal.rename(replaying)
-        records = [_decoder.decode(line) for line in replaying.read_bytes().splitlines() if line]
+        records = []
+        for line in replaying.read_bytes().splitlines():
+            if not line:
+                continue
+            try:
+                records.append(_decoder.decode(line))
+            except msgspec.DecodeError:  # torn by a crash mid-write: keep it aside
+                self._reject(line, "undecodable journal line")
         store = self._platform.store
         for start in range(0, len(records), MAX_BATCH):
             batch = records[start : start + MAX_BATCH]
             try:
                 await store.append_invocations(batch)
-            except Conflict:
-                for record in batch:  # some were stored before a crash: skip those
-                    with contextlib.suppress(Conflict):
-                        await store.append_invocations([record])
+            except Unavailable:
+                raise
+            except Exception:
+                # Some were stored before a crash (Conflict), or the store refuses one of
+                # them: go one by one, so one record cannot hold back the others.
+                for record in batch:
+                    await self._replay_one(record)
         replaying.unlink()
         log.info("replayed %d journaled invocation records into the store", len(records))
         if self.journal.exists():
             await self._replay()
+
+    async def _replay_one(self, record: InvocationRecord) -> None:
+        store = self._platform.store
+        try:
+            await store.append_invocations([record])
+        except Conflict:
+            return  # stored before a crash
+        except Unavailable:
+            raise
+        except Exception as exc:
+            # Refused for good only if the store answers otherwise; else retry later.
+            await store.query_invocations(record.app_id, record.function_name, LogQuery(limit=1))
+            self._reject(_encoder.encode(record), f"{type(exc).__name__}: {exc}")
+
+    def _reject(self, line: bytes, reason: str) -> None:
+        log.error(
+            "an invocation record cannot be stored (%s); moved to %s: %s",
+            reason,
+            self.rejected,
+            line[:200].decode("utf-8", "replace"),
+        )
+        self._append_lines(self.rejected, [line])

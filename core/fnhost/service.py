@@ -29,7 +29,7 @@ from fnhost.models import (
     StoredFunction,
     TriggerSpec,
 )
-from fnhost.names import check_app_id, check_env_name, check_function_name
+from fnhost.names import IDENTIFIER, check_app_id, check_env_name, check_function_name
 from fnhost.records import RecordWriter
 from fnhost.schemas import DeployRequest, TriggerBody
 
@@ -77,6 +77,9 @@ class FunctionService:
             raise TooLarge(f"code: larger than {max_code} bytes", {"field": "code"})
         if not request.code.strip():
             raise InvalidField("code: must not be empty", {"field": "code"})
+        for field, text in (("code", request.code), ("description", request.description)):
+            if text and "\x00" in text:  # PostgreSQL text cannot hold NUL
+                raise InvalidField(f"{field}: must not contain NUL characters", {"field": field})
         triggers = self._validate_triggers(request)
         env = self._validate_env(request.env_vars or {}) if request.env_vars is not None else None
         for _ in range(MAX_DEPLOY_RETRIES):
@@ -171,6 +174,7 @@ class FunctionService:
 
     async def get(self, app_id: str, name: str) -> StoredFunction:
         check_app_id(app_id)
+        _check_could_exist(app_id, name)
         function = await self.platform.store.get_function(app_id, name)
         if function is None:
             raise NotFound(f"function {name!r} not found in app {app_id!r}")
@@ -185,6 +189,7 @@ class FunctionService:
         now = time.monotonic()
         if cached is None or cached[0] < now:
             check_app_id(app_id)
+            _check_could_exist(app_id, name)
             try:
                 function = await self.platform.store.get_function(app_id, name)
             except Unavailable:
@@ -352,11 +357,13 @@ class FunctionService:
             timestamp=started,
             trigger=trigger,
             method=request.method,
-            path=path,
+            path=path.replace("\x00", "%00"),  # callers choose it; stores may refuse NUL
             status_code=caller_status(result),
             duration_ms=round(result.duration_ms, 3),
             memory_mb=round(result.memory_mb, 1),
-            error=result.error if result.outcome != "ok" else None,
+            error=result.error.replace("\x00", "\ufffd")
+            if result.outcome != "ok" and result.error is not None
+            else None,
             level="info" if result.outcome == "ok" else "error",
             logs=self._bounded_logs(result.logs),
         )
@@ -405,6 +412,13 @@ OUTCOME_STATUS = {"error": 500, "bad_return": 500, "timeout": 504, "memory": 502
 def caller_status(result: InvocationResult) -> int:
     """The status the caller sees: the function's own, or the one its failure maps to."""
     return result.status_code if result.outcome == "ok" else OUTCOME_STATUS[result.outcome]
+
+
+def _check_could_exist(app_id: str, name: str) -> None:
+    """A name no deploy could have created is not found, without asking the store (which
+    may refuse it: PostgreSQL text cannot hold NUL)."""
+    if not IDENTIFIER.fullmatch(name):
+        raise NotFound(f"function {name!r} not found in app {app_id!r}")
 
 
 def _found(function: StoredFunction | None, app_id: str, name: str) -> StoredFunction:

@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, put
 from litestar.params import FromPath, JSONBody
 
 from fnhost.api.auth import require_app_access
+from fnhost.api.errors import MANAGEMENT_ERRORS
 from fnhost.api.state import platform_of
 from fnhost.enduser import public_view
 from fnhost.models import App
@@ -23,12 +24,16 @@ class AppSettingsController(Controller):
     tags = ["apps"]
     security = [{"bearer": []}]
 
-    @get("/", summary="An app's settings (secrets are never returned)")
+    @get("/", summary="An app's settings (secrets are never returned)", responses=MANAGEMENT_ERRORS)
     async def read(self, request: Request[Any, Any, Any], app_id: FromPath[str]) -> AppSettingsView:
         app = await platform_of(request).store.get_app(check_app_id(app_id))
         return settings_view(app_id, app.settings if app else {})
 
-    @put("/", summary="Replace an app's settings; an omitted jwtSecret keeps the current one")
+    @put(
+        "/",
+        summary="Replace an app's settings; an omitted jwtSecret keeps the current one",
+        responses=MANAGEMENT_ERRORS,
+    )
     async def replace(
         self,
         request: Request[Any, Any, Any],

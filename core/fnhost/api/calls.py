@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Request, route
 from litestar.enums import HttpMethod
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
@@ -59,6 +60,11 @@ PUBLIC_CALL = {
     "http_method": ALL_METHODS,
     "tags": ["calls"],
     "summary": "Call a deployed function (any method); the request reaches it as is",
+    # The function's own status, headers and body; fnhost's errors (invalid app id, no
+    # such function, ...) share statuses with the function's, so no body shape is declared.
+    "status_code": 200,
+    "response_description": "The function's response",
+    "responses": {400: ResponseSpec(None, description="An invalid app id, or the function's 400")},
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
@@ -15,9 +17,11 @@ from litestar.exceptions import (
     PermissionDeniedException,
     ValidationException,
 )
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from fnhost import errors
+from fnhost.schemas import ErrorBody
 
 log = logging.getLogger("fnhost.api")
 
@@ -107,10 +111,32 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return error_response(status, str(message), None, headers or None)
 
 
-def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, RecursionError | UnicodeDecodeError) and _raised_decoding_json(exc):
+        # msgspec raises these, not DecodeError, for JSON nested too deeply and for
+        # invalid UTF-8 inside a string; Litestar lets them through its body parsing.
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "not valid UTF-8"
+        return error_response(400, f"request body is not valid JSON: {what}")
     log.exception("unexpected error", exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
 
+
+def _raised_decoding_json(exc: BaseException) -> bool:
+    return any(frame.name == "decode_json" for frame in traceback.extract_tb(exc.__traceback__))
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for fnhost's errors, so the schema shows the `{"error", "detail"}`
+    bodies actually sent (Litestar would document its own 400 shape instead)."""
+    return {
+        status: ResponseSpec(
+            ErrorBody, description=HTTPStatus(status).phrase, generate_examples=False
+        )
+        for status in statuses
+    }
+
+
+MANAGEMENT_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     errors.FnhostError: handle_fnhost_error,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from fnhost.api.auth import require_app_access
+from fnhost.api.errors import MANAGEMENT_ERRORS
 from fnhost.api.state import platform_of
 from fnhost.api.views import body_text, function_view, log_line_views, record_view
 from fnhost.errors import InvalidField
@@ -26,6 +29,7 @@ from fnhost.schemas import (
 from fnhost.service import new_invocation_id
 
 Request_ = Request[Any, Any, Any]
+HTTP_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Z-]{1,16}")  # RFC 9110 token (upper-cased)
 AppId = FromPath[str]
 Name = FromPath[str]
 
@@ -36,7 +40,12 @@ class FunctionsController(Controller):
     tags = ["functions"]
     security = [{"bearer": []}]
 
-    @post("/", summary="Deploy or update a function", status_code=200)
+    @post(
+        "/",
+        summary="Deploy or update a function",
+        status_code=200,
+        responses={201: ResponseSpec(FunctionView, description="Created"), **MANAGEMENT_ERRORS},
+    )
     async def deploy(
         self, request: Request_, app_id: AppId, data: JSONBody[DeployRequest]
     ) -> Response[FunctionView]:
@@ -45,14 +54,18 @@ class FunctionsController(Controller):
         view = function_view(platform, function, str(request.base_url), with_code=True)
         return Response(view, status_code=201 if created else 200)
 
-    @get("/", summary="List functions (without code)")
+    @get("/", summary="List functions (without code)", responses=MANAGEMENT_ERRORS)
     async def list_functions(self, request: Request_, app_id: AppId) -> FunctionList:
         platform = platform_of(request)
         functions = await platform.service.list_functions(app_id)
         base = str(request.base_url)
         return FunctionList([function_view(platform, f, base) for f in functions])
 
-    @get("/{name:str}", summary="Function details, with code and metrics")
+    @get(
+        "/{name:str}",
+        summary="Function details, with code and metrics",
+        responses=MANAGEMENT_ERRORS,
+    )
     async def details(self, request: Request_, app_id: AppId, name: Name) -> FunctionView:
         platform = platform_of(request)
         function = await platform.service.get(app_id, name)
@@ -61,11 +74,19 @@ class FunctionsController(Controller):
             platform, function, str(request.base_url), with_code=True, metrics=metrics
         )
 
-    @delete("/{name:str}", summary="Delete a function with its versions, env vars and logs")
+    @delete(
+        "/{name:str}",
+        summary="Delete a function with its versions, env vars and logs",
+        responses=MANAGEMENT_ERRORS,
+    )
     async def remove(self, request: Request_, app_id: AppId, name: Name) -> None:
         await platform_of(request).service.delete(app_id, name)
 
-    @patch("/{name:str}/env", summary="Merge env vars; a null value removes a key")
+    @patch(
+        "/{name:str}/env",
+        summary="Merge env vars; a null value removes a key",
+        responses=MANAGEMENT_ERRORS,
+    )
     async def patch_env(
         self,
         request: Request_,
@@ -77,7 +98,7 @@ class FunctionsController(Controller):
         function = await platform.service.patch_env(app_id, name, data)
         return function_view(platform, function, str(request.base_url))
 
-    @get("/{name:str}/logs", summary="Invocation logs, newest first")
+    @get("/{name:str}/logs", summary="Invocation logs, newest first", responses=MANAGEMENT_ERRORS)
     async def logs(
         self,
         request: Request_,
@@ -96,7 +117,10 @@ class FunctionsController(Controller):
         return LogList([record_view(r) for r in records])
 
     @post(
-        "/{name:str}/invoke", summary="Test-invoke a function (any trigger type)", status_code=200
+        "/{name:str}/invoke",
+        summary="Test-invoke a function (any trigger type)",
+        status_code=200,
+        responses=MANAGEMENT_ERRORS,
     )
     async def invoke(
         self, request: Request_, app_id: AppId, name: Name, data: JSONBody[InvokeRequest]
@@ -108,6 +132,10 @@ class FunctionsController(Controller):
         headers = {k.lower(): v for k, v in data.headers.items()}
         body = _test_body(data.body, headers)
         method = data.method.upper()
+        if not HTTP_METHOD.fullmatch(method):
+            raise InvalidField(
+                "method: expected an HTTP method (a token of 1-16 characters)", {"field": "method"}
+            )
         if method in ("GET", "HEAD") and body:
             raise InvalidField("body: a GET or HEAD request cannot have a body", {"field": "body"})
         first = function.triggers[0]

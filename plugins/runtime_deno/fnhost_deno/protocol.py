@@ -8,7 +8,6 @@ end of this module.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import Any
 
@@ -124,23 +123,44 @@ def encode(message: Init | Invoke | Cancel, body: bytes = b"") -> bytes:
     return b"".join((PREFIX.pack(len(header), len(body)), header, body))
 
 
-async def read_message(
-    stream: asyncio.StreamReader, frame_limit: int
-) -> tuple[WorkerMessage, bytes] | None:
-    """The next message and its body, or None at end of stream."""
-    try:
-        prefix = await stream.readexactly(PREFIX.size)
-    except asyncio.IncompleteReadError:
-        return None
-    header_length, body_length = PREFIX.unpack(prefix)
-    if header_length + body_length > frame_limit:
-        raise ProtocolError(f"frame of {header_length + body_length} bytes exceeds the limit")
-    try:
-        header = await stream.readexactly(header_length)
-        body = await stream.readexactly(body_length) if body_length else b""
-    except asyncio.IncompleteReadError:
-        return None
-    try:
-        return _decoder.decode(header), body
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(f"malformed frame header: {exc}") from None
+class FrameParser:
+    """Splits the worker's output into messages, however the pipe cuts it."""
+
+    def __init__(self, frame_limit: int) -> None:
+        self.frame_limit = frame_limit
+        self._buffer = bytearray()
+        self._needed = PREFIX.size  # bytes the next frame needs before parsing is worth it
+
+    def feed(self, data: bytes) -> list[tuple[WorkerMessage, bytes]]:
+        """The messages completed by `data`; raise `ProtocolError` on a malformed frame."""
+        buffer = self._buffer
+        buffer += data
+        if len(buffer) < self._needed:
+            return []
+        messages = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= PREFIX.size:
+            header_length, body_length = PREFIX.unpack_from(buffer, offset)
+            size = header_length + body_length
+            if size > self.frame_limit:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit")
+            if end - offset < PREFIX.size + size:
+                break
+            start = offset + PREFIX.size
+            with memoryview(buffer) as view:
+                try:
+                    message = _decoder.decode(view[start : start + header_length])
+                except msgspec.DecodeError as exc:
+                    raise ProtocolError(f"malformed frame header: {exc}") from None
+                body = bytes(view[start + header_length : start + size]) if body_length else b""
+            messages.append((message, body))
+            offset = start + size
+        del buffer[:offset]
+        remaining = len(buffer)
+        self._needed = (
+            PREFIX.size + sum(PREFIX.unpack_from(buffer))
+            if remaining >= PREFIX.size
+            else PREFIX.size
+        )
+        return messages

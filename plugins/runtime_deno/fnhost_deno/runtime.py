@@ -1,10 +1,12 @@
-"""The "deno" runtime: warm Deno worker processes, one per function revision.
+"""The "deno" runtime: warm Deno worker processes, per function revision.
 
 What a function sees (see `bootstrap.ts`): `handler(req, ctx)` with a Web `Request`,
-`ctx = {env, user, trigger, waitUntil}`; its own env vars through `ctx.env`, `Deno.env` and
-`process.env` (a shim: the process environment itself is empty and unreadable); the
-network, and no file, subprocess, FFI or system-info access. Console output is attributed
-to the invocation that made it, also when calls run concurrently in one worker.
+`ctx = {env, user, trigger, waitUntil, publish}`; its own env vars through `ctx.env`,
+`Deno.env` and `process.env` (a shim: the process environment itself is empty and
+unreadable); the network, and no file, subprocess, FFI or system-info access. Console
+output is attributed to the invocation that made it, also when calls run concurrently in
+one worker. A response body that is complete when the handler returns comes back whole;
+one still being produced (a ReadableStream fed by timers or I/O) is streamed as produced.
 
 Known limits, by design:
 - `ctx.waitUntil` work continues after the result is returned, up to the function's
@@ -15,6 +17,11 @@ Known limits, by design:
   and other calls in flight on it end as "crash".
 - Memory is bounded by V8's heap limit plus an RSS watchdog sampled every 100 ms, so a
   fast off-heap allocation can overshoot the limit briefly before the worker is killed.
+- A function can reach its own worker's stdin/stdout through low-level fd APIs
+  (`node:fs.writeSync(1, ...)`); that breaks only its own worker (replaced, the call a
+  "crash"): frames carry no authority, fnhost knows which app and function a worker runs.
+- A streamed body is buffered here when the caller reads slower than the function
+  writes; it is bounded by the body limit, past which the stream is cut.
 """
 
 from __future__ import annotations

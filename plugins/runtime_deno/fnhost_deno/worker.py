@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from fnhost.errors import Unavailable
 from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult, LogLine, Outcome
+from fnhost_deno.process import WorkerProcess
 from fnhost_deno.protocol import (
     Cancel,
     Cancelled,
@@ -26,13 +27,11 @@ from fnhost_deno.protocol import (
     Init,
     Invoke,
     LoadError,
-    ProtocolError,
     Publish,
     Result,
     Settled,
     WorkerMessage,
     encode,
-    read_message,
 )
 from fnhost_deno.sandbox import deno_command, deno_environment, set_parent_death_signal
 
@@ -41,7 +40,6 @@ MEMORY_ERROR = "memory limit exceeded"
 # Past its timeout an invocation is cancelled; a worker that does not answer the cancel
 # within this grace is stuck in synchronous code and is killed.
 UNRESPONSIVE_GRACE_SECONDS = 1.0
-STDERR_TAIL_BYTES = 4096
 OOM_MARKERS = (b"out of memory", b"Reached heap limit")
 _PATH = re.compile(r"(?:file://)?(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -96,7 +94,7 @@ class _Call:
     future: asyncio.Future[InvocationResult]
     timeout_ms: int
     started: float  # perf_counter
-    timer: asyncio.TimerHandle | None = None
+    deadline: float  # loop time
     timed_out: bool = False
     grace: asyncio.TimerHandle | None = None
     stream: _Stream | None = None
@@ -115,16 +113,17 @@ class DenoWorker:
         self.function = function
         self.settings = settings
         self.last_used = time.monotonic()
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: WorkerProcess | None = None
         self._loaded: asyncio.Future[WorkerMessage | Death] | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._retire_task: asyncio.Task[None] | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._stderr_task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._death: Death | None = None
-        self._stderr_tail = b""
         self._waiting = 0  # calls waiting for the module to load
         self._calls: dict[int, _Call] = {}
+        # One timer for every call's timeout, at the earliest deadline of the calls in
+        # flight (cheaper than a timer per call, set and cancelled thousands of times/s).
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._background: dict[int, float] = {}  # call id -> deadline of its waitUntil work
         self._quiet = asyncio.Event()  # set when nothing is in flight
         self._ids = itertools.count()
@@ -184,15 +183,14 @@ class DenoWorker:
 
     async def _start(self, load_seconds: float) -> None:
         code_file = self._write_code()
+        self._loaded = asyncio.get_running_loop().create_future()
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                *deno_command(self.settings, code_file, self.function.memory_limit_mb),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            self._process = await WorkerProcess.spawn(
+                deno_command(self.settings, code_file, self.function.memory_limit_mb),
+                self.settings.frame_limit,
+                self._dispatch,
                 env=deno_environment(self.settings),
                 cwd=self.settings.workdir,
-                start_new_session=True,  # its own process group, killed as a whole
                 preexec_fn=set_parent_death_signal(),
             )
         except OSError as exc:
@@ -200,9 +198,7 @@ class DenoWorker:
             raise Unavailable(self._death.message) from None
         if self._death is not None:  # stopped while the process was being spawned
             self.kill(self._death)
-        self._loaded = asyncio.get_running_loop().create_future()
-        self._stderr_task = asyncio.create_task(self._collect_stderr())
-        self._reader_task = asyncio.create_task(self._read_frames())
+        self._reaper = asyncio.create_task(self._reap(self._process))
         init = Init(
             module=code_file.as_uri(),
             env=dict(self.function.env),
@@ -244,9 +240,8 @@ class DenoWorker:
         """Kill the process group at once; calls in flight end with `death`."""
         if self._death is None:
             self._death = death
-        if self._process is not None and self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+        if self._process is not None:
+            self._process.kill()
 
     async def stop(self) -> None:
         """Kill the process and wait until it is reaped."""
@@ -254,8 +249,8 @@ class DenoWorker:
         if self._start_task is not None:
             with contextlib.suppress(Exception):
                 await self._start_task
-        if self._reader_task is not None:
-            await asyncio.shield(self._reader_task)
+        if self._reaper is not None:
+            await asyncio.shield(self._reaper)
 
     def retire(self) -> asyncio.Task[None]:
         """Drain then stop, in the background (once): calls in flight end normally and
@@ -289,10 +284,13 @@ class DenoWorker:
             return InvocationResult(outcome=self._death.outcome, error=self._death.message)
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
-        call = _Call(loop.create_future(), timeout_ms, time.perf_counter())
+        deadline = loop.time() + timeout_ms / 1000
+        call = _Call(loop.create_future(), timeout_ms, time.perf_counter(), deadline)
         self._calls[call_id] = call
         self.last_used = time.monotonic()
-        call.timer = loop.call_later(timeout_ms / 1000, self._time_out, call_id)
+        timer = self._deadline_timer
+        if timer is None or timer.when() > deadline:
+            self._watch_deadline(deadline)
         message = Invoke(
             id=call_id,
             method=request.method,
@@ -303,9 +301,8 @@ class DenoWorker:
         )
         try:
             self._write(encode(message, request.body))
-            if self._process is not None and self._process.stdin is not None:
-                with contextlib.suppress(ConnectionError):
-                    await self._process.stdin.drain()
+            if self._process is not None:
+                await self._process.drain()
             result = await call.future
         except asyncio.CancelledError:
             # The caller went away: let the worker abort the call and forget it.
@@ -323,9 +320,8 @@ class DenoWorker:
         call = self._calls.pop(call_id, None)
         if call is None:
             return
-        for timer in (call.timer, call.grace):
-            if timer is not None:
-                timer.cancel()
+        if call.grace is not None:
+            call.grace.cancel()
         self.last_used = time.monotonic()
         self._note_progress()
 
@@ -364,6 +360,25 @@ class DenoWorker:
         call.stream.arrived.set()
         self._end_call(call_id)
 
+    def _watch_deadline(self, when: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_timer = asyncio.get_running_loop().call_at(when, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        self._deadline_timer = None
+        now = asyncio.get_running_loop().time()
+        upcoming = []
+        for call_id, call in list(self._calls.items()):
+            if call.timed_out:
+                continue
+            if call.deadline <= now:
+                self._time_out(call_id)
+            else:
+                upcoming.append(call.deadline)
+        if upcoming:
+            self._watch_deadline(min(upcoming))
+
     def _time_out(self, call_id: int) -> None:
         call = self._calls.get(call_id)
         if call is None or call.settled:
@@ -386,7 +401,7 @@ class DenoWorker:
 
     def check_memory(self) -> None:
         """Kill the worker if its resident memory is over the function's limit."""
-        if self._process is None or self._death is not None:
+        if self._process is None or self._death is not None or not self._process.running:
             return
         try:
             with open(f"/proc/{self._process.pid}/statm", "rb") as statm:
@@ -403,22 +418,19 @@ class DenoWorker:
     # ---- transport ---------------------------------------------------------------
 
     def _write(self, frame: bytes) -> None:
-        stdin = self._process.stdin if self._process else None
-        if stdin is None or stdin.is_closing() or self._death is not None:
-            return
-        stdin.write(frame)
+        if self._process is not None and self._death is None:
+            self._process.write(frame)
 
-    async def _read_frames(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        try:
-            while item := await read_message(self._process.stdout, self.settings.frame_limit):
-                self._dispatch(*item)
-        except ProtocolError as exc:
-            self.kill(Death("crash", f"the worker broke the protocol: {exc}"))
-        death = await self._wait_exit()
+    async def _reap(self, process: WorkerProcess) -> None:
+        """Once the process is gone: say why, and end everything still in flight."""
+        returncode = await process.exited
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if process.protocol_error is not None and self._death is None:
+            self._death = Death("crash", f"the worker broke the protocol: {process.protocol_error}")
+        death = self._death or self._death_of(returncode, process.stderr_tail)
         self._death = death
-        if self._process.stdin is not None:
-            self._process.stdin.close()  # else the transport outlives the loop, unclosed
         if self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(death)
         for call_id, call in list(self._calls.items()):
@@ -524,28 +536,18 @@ class DenoWorker:
                 message.id, call, message.outcome, message.error, message.logs, message.rss
             )
 
-    async def _collect_stderr(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        while chunk := await self._process.stderr.read(STDERR_TAIL_BYTES):
-            self._stderr_tail = (self._stderr_tail + chunk)[-STDERR_TAIL_BYTES:]
-
-    async def _wait_exit(self) -> Death:
-        assert self._process is not None
-        returncode = await self._process.wait()
-        if self._stderr_task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
-        if self._death is not None:
-            return self._death
-        if any(marker in self._stderr_tail for marker in OOM_MARKERS):
+    @staticmethod
+    def _death_of(returncode: int, stderr_tail: bytes) -> Death:
+        if any(marker in stderr_tail for marker in OOM_MARKERS):
             return Death("memory", MEMORY_ERROR)
         if returncode < 0:
             reason = f"worker killed by signal {signal.Signals(-returncode).name}"
         else:
             reason = f"worker exited with code {returncode}"
-        last_line = self._last_stderr_line()
+        last_line = _last_line(stderr_tail)
         return Death("crash", f"{reason}: {last_line}" if last_line else reason)
 
-    def _last_stderr_line(self) -> str:
-        lines = self._stderr_tail.decode(errors="replace").strip().splitlines()
-        return _PATH.sub(r"\1", lines[-1].strip())[:500] if lines else ""
+
+def _last_line(stderr_tail: bytes) -> str:
+    lines = stderr_tail.decode(errors="replace").strip().splitlines()
+    return _PATH.sub(r"\1", lines[-1].strip())[:500] if lines else ""

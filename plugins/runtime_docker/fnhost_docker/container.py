@@ -19,20 +19,18 @@ from fnhost_docker.calls import CallTable, Death
 from fnhost_docker.engine import EngineAddress
 from fnhost_docker.image import BOOTSTRAP, USER
 from fnhost_docker.protocol import (
+    AttachedStream,
     Cancelled,
     Chunk,
     ContainerMessage,
-    Demultiplexer,
     End,
     Init,
     Invoke,
     LoadError,
-    ProtocolError,
     Publish,
     Result,
     Settled,
     encode,
-    read_message,
 )
 
 log = logging.getLogger("fnhost.docker")
@@ -118,8 +116,7 @@ class FunctionContainer:
         self._publish = publish
         self.container_id: str | None = None
         self.started_at: float | None = None  # monotonic, when the engine started it
-        self._writer: asyncio.StreamWriter | None = None
-        self._demux: Demultiplexer | None = None
+        self._stream: AttachedStream | None = None
         self._loaded: asyncio.Future[ContainerMessage | Death] | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._retire_task: asyncio.Task[None] | None = None
@@ -185,8 +182,9 @@ class FunctionContainer:
             if self._death is not None:  # stopped meanwhile
                 self._remove()
                 raise LoadFailed(self._death.message, crashed=True)
-            reader, self._writer = await settings.engine.open_attach(self.container_id)
-            self._demux = Demultiplexer(reader)
+            self._stream = await settings.engine.attach(
+                self.container_id, lambda: AttachedStream(self._dispatch, settings.frame_limit)
+            )
             self._loaded = asyncio.get_running_loop().create_future()
             self._reader_task = asyncio.create_task(self._read_frames())
             await asyncio.to_thread(settings.client.api.start, self.container_id)
@@ -324,31 +322,25 @@ class FunctionContainer:
             user=request.user,
         )
         self._write(encode(message, request.body))
-        if self._writer is not None and len(request.body) > DRAIN_ABOVE_BYTES:
-            with contextlib.suppress(ConnectionError):
-                await self._writer.drain()
+        if self._stream is not None and len(request.body) > DRAIN_ABOVE_BYTES:
+            await self._stream.drain()
         return await self._calls.answer(call_id)
 
     # ---- transport ---------------------------------------------------------------
 
     def _write(self, frame: bytes) -> None:
-        writer = self._writer
-        if writer is None or writer.is_closing() or self._death is not None:
-            return
-        writer.write(frame)
+        if self._stream is not None and self._death is None:
+            self._stream.write(frame)
 
     async def _read_frames(self) -> None:
-        assert self._demux is not None
-        demux = asyncio.create_task(self._demux.run())
+        """Wait for the attach stream to end (frames are dispatched as they arrive), then
+        end everything in flight with the reason."""
+        assert self._stream is not None
         try:
-            while item := await read_message(self._demux.stdout, self.settings.frame_limit):
-                self._dispatch(*item)
-        except ProtocolError as exc:
+            await self._stream.closed
+        except Exception as exc:
             self.kill(Death("crash", f"the container broke the protocol: {exc}"))
-        finally:
-            if self._writer is not None:
-                self._writer.close()
-            await demux
+        self._stream.close()
         death = await self._exit_reason()
         self._death = death
         self._remove()
@@ -381,7 +373,7 @@ class FunctionContainer:
         state: dict[str, Any] = {}
         with contextlib.suppress(Exception):
             state = await asyncio.to_thread(self._wait_stopped)
-        tail = self._demux.stderr_tail if self._demux else b""
+        tail = self._stream.stderr_tail if self._stream else b""
         if self._death is not None:
             return self._death
         if state.get("OOMKilled") or any(marker in tail for marker in OOM_MARKERS):

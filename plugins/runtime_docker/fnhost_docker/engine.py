@@ -2,7 +2,7 @@
 the local socket by default, so a remote engine is a config change.
 
 The docker SDK is synchronous: everything here runs in a worker thread (`asyncio.to_thread`)
-except `EngineAddress.open_attach`, which speaks the engine's attach protocol on asyncio
+except `EngineAddress.attach`, which speaks the engine's attach protocol on asyncio
 streams so a warm call never waits for a thread.
 """
 
@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from fnhost.errors import ConfigError, Unavailable
+from fnhost_docker.protocol import AttachedStream
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 API_TIMEOUT_SECONDS = 60
@@ -78,37 +80,33 @@ class EngineAddress:
             )
         return cls(docker_host, api_version, _tls_context(scheme))
 
-    async def open_attach(
-        self, container_id: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def attach(
+        self, container_id: str, stream: Callable[[], AttachedStream]
+    ) -> AttachedStream:
         """Attach to the container's stdin, stdout and stderr (before it starts, like
         `docker run -i`): the engine answers 101 and the connection becomes the stream."""
+        loop = asyncio.get_running_loop()
         url = urlsplit(self.docker_host)
         if url.scheme == "unix":
-            reader, writer = await asyncio.open_unix_connection(url.path, limit=2**20)
+            _, protocol = await loop.create_unix_connection(stream, url.path)
         else:
-            reader, writer = await asyncio.open_connection(
-                url.hostname, url.port or (2376 if self.tls else 2375), ssl=self.tls, limit=2**20
-            )
+            port = url.port or (2376 if self.tls else 2375)
+            host = url.hostname or "localhost"
+            _, protocol = await loop.create_connection(stream, host, port, ssl=self.tls)
         path = (
             f"/v{self.api_version}/containers/{container_id}/attach"
             "?stream=1&stdin=1&stdout=1&stderr=1"
         )
-        writer.write(
+        protocol.write(
             f"POST {path} HTTP/1.1\r\nHost: docker\r\nUpgrade: tcp\r\n"
             "Connection: Upgrade\r\nContent-Length: 0\r\n\r\n".encode()
         )
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), API_TIMEOUT_SECONDS)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
-            writer.close()
+            await asyncio.wait_for(asyncio.shield(protocol.upgraded), API_TIMEOUT_SECONDS)
+        except (ConnectionError, TimeoutError) as exc:
+            protocol.close()
             raise Unavailable(f"attaching to container {container_id[:12]} failed: {exc}") from None
-        status = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in status and b" 200 " not in status:
-            writer.close()
-            answer = status.decode(errors="replace")
-            raise Unavailable(f"attaching to container {container_id[:12]} failed: {answer}")
-        return reader, writer
+        return protocol
 
 
 def _tls_context(scheme: str) -> ssl.SSLContext | None:

@@ -127,8 +127,11 @@ def linked_libraries(binary: Path) -> list[str]:
     return libraries
 
 
-def ensure_image(client: Any, image: RuntimeImage, progress: Callable[[str], None]) -> bool:
-    """Build the image unless the engine has it already; True when it was built.
+def ensure_image(
+    client: Any, image: RuntimeImage, progress: Callable[[str], None], force: bool = False
+) -> bool:
+    """Build the image unless the engine has it already (or `force`); True when it was
+    built. Older images of the same repository are removed when no container uses them.
 
     Synchronous (the docker SDK is): run it in a thread. `progress` gets one line per
     build step.
@@ -136,11 +139,12 @@ def ensure_image(client: Any, image: RuntimeImage, progress: Callable[[str], Non
     import docker.errors
 
     tag = image.tag
-    try:
-        client.images.get(tag)
-        return False
-    except docker.errors.ImageNotFound:
-        pass
+    if not force:
+        try:
+            client.images.get(tag)
+            return False
+        except docker.errors.ImageNotFound:
+            pass
     progress(f"building the function image {tag} (Deno {image.deno_version}) ...")
     context = image.context()
     progress(f"sending a build context of {len(context) / 2**20:.0f} MiB to the engine")
@@ -153,6 +157,7 @@ def ensure_image(client: Any, image: RuntimeImage, progress: Callable[[str], Non
             forcerm=True,
             pull=False,
             network_mode="none",
+            nocache=force,
             labels={IMAGE_LABEL: image.deno_version},
             decode=True,
         ):
@@ -164,7 +169,29 @@ def ensure_image(client: Any, image: RuntimeImage, progress: Callable[[str], Non
     except docker.errors.APIError as exc:
         raise Unavailable(f"building the function image failed: {exc.explanation}") from None
     progress(f"built {tag}")
+    _remove_older_images(client, image.repository, tag)
     return True
+
+
+def _remove_older_images(client: Any, repository: str, keep: str) -> None:
+    """Images of earlier Deno versions or bootstraps: removed unless a container uses one
+    (another fnhost of an older version may still run on this engine)."""
+    import docker.errors
+
+    outdated = [
+        tag
+        for other in client.api.images(name=repository, filters={"label": IMAGE_LABEL})
+        for tag in other.get("RepoTags") or []
+        if tag != keep
+    ]
+    # and the untagged images that a forced build of the same tag leaves behind
+    dangling = client.api.images(filters={"label": IMAGE_LABEL, "dangling": True}, quiet=True)
+    for name in [*outdated, *dangling]:
+        try:
+            client.api.remove_image(name)
+            log.info("removed the outdated image %s", name)
+        except docker.errors.APIError:
+            pass  # in use, or removed meanwhile
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:

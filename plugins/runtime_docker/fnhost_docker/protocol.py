@@ -6,7 +6,7 @@ through the engine (so no port is published and a remote engine works the same).
 `u32 BE header length | u32 BE body length | JSON header | raw body`: the header is a small
 msgspec-encoded message, the body stays raw bytes. Without a TTY the engine multiplexes the
 container's stdout and stderr on the attach stream in its own chunks
-(`u8 stream | 3 zero bytes | u32 BE size | payload`); `Demultiplexer` undoes that.
+(`u8 stream | 3 zero bytes | u32 BE size | payload`); `AttachedStream` undoes that.
 `bootstrap.ts` is the other end of this module.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -130,50 +131,126 @@ def encode(message: Init | Invoke | Cancel, body: bytes = b"") -> bytes:
     return b"".join((PREFIX.pack(len(header), len(body)), header, body))
 
 
-async def read_message(
-    stream: asyncio.StreamReader, frame_limit: int
-) -> tuple[ContainerMessage, bytes] | None:
-    """The next message and its body, or None at end of stream."""
-    try:
-        prefix = await stream.readexactly(PREFIX.size)
-    except asyncio.IncompleteReadError:
-        return None
-    header_length, body_length = PREFIX.unpack(prefix)
-    if header_length + body_length > frame_limit:
-        raise ProtocolError(f"frame of {header_length + body_length} bytes exceeds the limit")
-    try:
-        header = await stream.readexactly(header_length)
-        body = await stream.readexactly(body_length) if body_length else b""
-    except asyncio.IncompleteReadError:
-        return None
-    try:
-        return _decoder.decode(header), body
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(f"malformed frame header: {exc}") from None
+class AttachedStream(asyncio.Protocol):
+    """The engine's attach connection to one container, parsed where it arrives: the HTTP
+    upgrade, then the engine's chunks, stdout reassembled into frames handed to `on_frame`
+    (no task or copy per frame beyond the body's), stderr kept as a tail for diagnostics.
 
+    `upgraded` resolves once the engine switched protocols; `closed` when the connection
+    ends (the container exited, or it was closed here). A broken frame closes the
+    connection and resolves `closed` with `ProtocolError`.
+    """
 
-class Demultiplexer:
-    """Splits the engine's attach stream into the container's stdout (fed to `stdout`, a
-    StreamReader the frames are read from) and the tail of its stderr."""
-
-    def __init__(self, attach: asyncio.StreamReader, stderr_tail_bytes: int = 4096) -> None:
-        self.attach = attach
-        self.stdout = asyncio.StreamReader(limit=2**20)
+    def __init__(
+        self,
+        on_frame: Callable[[ContainerMessage, bytes], None],
+        frame_limit: int,
+        stderr_tail_bytes: int = 4096,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.upgraded: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
         self.stderr_tail = b""
+        self.transport: asyncio.Transport | None = None
+        self._on_frame = on_frame
+        self._frame_limit = frame_limit
         self._tail_bytes = stderr_tail_bytes
+        self._raw = bytearray()
+        self._stdout = bytearray()
+        self._writable = asyncio.Event()
+        self._writable.set()
 
-    async def run(self) -> None:
-        """Copy until the stream ends (the container exited, or the connection closed)."""
+    # ---- fnhost -> container (its stdin is not multiplexed) -------------------------
+
+    def write(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    async def drain(self) -> None:
+        """Wait while the engine is not taking what was written."""
+        await self._writable.wait()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionError("the engine closed the attach stream"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._raw += data
         try:
-            while True:
-                head = await self.attach.readexactly(ENGINE_CHUNK.size)
-                kind, size = ENGINE_CHUNK.unpack(head)
-                payload = await self.attach.readexactly(size)
-                if kind == STDOUT:
-                    self.stdout.feed_data(payload)
-                elif kind == STDERR:
-                    self.stderr_tail = (self.stderr_tail + payload)[-self._tail_bytes :]
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.stdout.feed_eof()
+            if not self.upgraded.done() and not self._upgrade():
+                return
+            self._split()
+            self._frames()
+        except ProtocolError as exc:
+            if not self.closed.done():
+                self.closed.set_exception(exc)
+            self.close()
+
+    def _upgrade(self) -> bool:
+        end = self._raw.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._raw) > 65536:
+                raise ProtocolError("the engine's answer to attach has no end")
+            return False
+        status = bytes(self._raw[: self._raw.find(b"\r\n")])
+        del self._raw[: end + 4]
+        if b" 101 " not in status and b" 200 " not in status:
+            error = ConnectionError(status.decode(errors="replace"))
+            self.upgraded.set_exception(error)
+            raise ProtocolError(f"attach refused: {error}")
+        self.upgraded.set_result(None)
+        return True
+
+    def _split(self) -> None:
+        raw, position = self._raw, 0
+        while len(raw) - position >= ENGINE_CHUNK.size:
+            kind, size = ENGINE_CHUNK.unpack_from(raw, position)
+            start = position + ENGINE_CHUNK.size
+            if len(raw) - start < size:
+                break
+            if kind == STDOUT:
+                self._stdout += raw[start : start + size]
+            elif kind == STDERR:
+                tail = self.stderr_tail + bytes(raw[start : start + size])
+                self.stderr_tail = tail[-self._tail_bytes :]
+            position = start + size
+        del raw[:position]
+
+    def _frames(self) -> None:
+        out, position = self._stdout, 0
+        while len(out) - position >= PREFIX.size:
+            header_length, body_length = PREFIX.unpack_from(out, position)
+            if header_length + body_length > self._frame_limit:
+                raise ProtocolError(
+                    f"frame of {header_length + body_length} bytes exceeds the limit"
+                )
+            start = position + PREFIX.size
+            end = start + header_length + body_length
+            if len(out) < end:
+                break
+            try:
+                message = _decoder.decode(out[start : start + header_length])
+            except msgspec.DecodeError as exc:
+                raise ProtocolError(f"malformed frame header: {exc}") from None
+            self._on_frame(message, bytes(out[start + header_length : end]))
+            position = end
+        del out[:position]

@@ -194,7 +194,7 @@ async def test_a_store_failure_at_fire_time_does_not_stop_the_schedule(
 ) -> None:
     async with fnhost(tmp_path) as (api, platform):
         claim = platform.store.claim_cron_fire
-        failures = []
+        failures: list[tuple[Any, ...]] = []
 
         async def failing_twice(*args: Any) -> bool:
             if len(failures) < 2:

@@ -29,6 +29,7 @@ from fnhost_ws.fanout import Deliver, Fanout
 log = logging.getLogger("fnhost.ws")
 
 CHANNEL = "fnhost_ws"
+APP_NAME = "fnhost-ws-fanout"  # how operators find these connections in pg_stat_activity
 PART_BYTES = 7500  # NOTIFY payloads must be shorter than 8000 bytes (with the header)
 KEEPALIVE_S = 10.0
 TIMEOUT_S = 5.0
@@ -148,7 +149,9 @@ class PostgresFanout(Fanout):
             connection: asyncpg.Connection | None = None
             lost = asyncio.Event()
             try:
-                connection = await asyncpg.connect(self._dsn, timeout=TIMEOUT_S)
+                connection = await asyncpg.connect(
+                    self._dsn, timeout=TIMEOUT_S, server_settings={"application_name": APP_NAME}
+                )
                 connection.add_termination_listener(lambda _, lost=lost: lost.set())
                 await connection.add_listener(CHANNEL, self._received)
                 if delay > BACKOFF_S[0]:

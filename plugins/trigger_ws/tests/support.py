@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -115,7 +119,7 @@ class Client:
         self.connection_id: str = hello.get("connectionId", "")
 
     async def send(self, **frame: Any) -> None:
-        await self.ws.send(json.dumps(frame))
+        await self.ws.send(json.dumps(frame, ensure_ascii=False))
 
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
@@ -160,3 +164,62 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float
             return
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+class ServeProcess:
+    """`fnhost serve` in a process of its own, with its own data dir and port."""
+
+    def __init__(self, workdir: Path, environment: dict[str, str]) -> None:
+        workdir.mkdir(parents=True)
+        self.workdir = workdir
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        env = {
+            **os.environ,
+            **environment,
+            "FNHOST_SERVER__PORT": str(self.port),
+            "FNHOST_SERVER__DATA_DIR": str(workdir / ".fnhost"),
+            "NO_COLOR": "1",
+        }
+        with (workdir / "serve.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fnhost.cli", "serve"],
+                cwd=workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, app_id: str = "demo") -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/{app_id}/ws"
+
+    def output(self) -> str:
+        return (self.workdir / "serve.log").read_text(errors="replace")
+
+    async def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1) as client:
+            while True:
+                assert self.process.poll() is None, self.output()
+                try:
+                    if (await client.get(f"{self.url}/health")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"fnhost did not start: {self.output()}"
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

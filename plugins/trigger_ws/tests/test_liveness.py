@@ -52,6 +52,7 @@ async def test_a_slow_client_is_disconnected_and_others_keep_receiving(tmp_path:
             assert (await sender.receive())["data"] == {"sent": MESSAGES}
             await eventually(lambda: slow.connection_id not in hub.connections)
             assert hub.subscribers("demo", "firehose") == 1
+            slow.ws.transport.resume_reading()
             code, reason = await slow.closed()
             # 1008 with the reason when the close frame got through the full buffers,
             # 1006 (no close frame) when it could not.
@@ -70,6 +71,7 @@ async def test_heartbeats_keep_idle_clients_and_drop_dead_ones(tmp_path: Path) -
             dead.ws.transport.pause_reading()
             await eventually(lambda: dead.connection_id not in hub.connections, timeout=10)
             assert hub.subscribers("demo", "room-1") == 1
+            dead.ws.transport.resume_reading()
             await asyncio.sleep(2)  # five ping intervals without a frame from the idle client
             assert idle.connection_id in hub.connections
             await idle.send(type="ping")
