@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tests.conftest import Api
 
@@ -84,3 +86,16 @@ async def test_metrics_aggregate_invocations(api: Api) -> None:
     assert metrics["avg_duration_ms"] > 0
     assert 0 < metrics["p50_duration_ms"] <= metrics["p95_duration_ms"]
     assert metrics["last_invocation"].endswith("Z")
+
+
+async def test_log_retention_keeps_the_newest_records(api: Api, platform: Any) -> None:
+    await api.deploy("flaky", FLAKY, expect=201)
+    for _ in range(6):
+        await api.call("flaky")
+    platform.config.limits.log_retention_per_function = 4
+    assert await platform.service.enforce_retention() == 2
+    assert len(await api.logs("flaky")) == 4
+    platform.config.limits.log_retention_days = 0.00001  # about a second
+    await asyncio.sleep(1.0)
+    assert await platform.service.enforce_retention() == 4
+    assert await api.logs("flaky") == []

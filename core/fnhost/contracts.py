@@ -116,6 +116,11 @@ class Store(PluginObject, ABC):
         """
 
     @abstractmethod
+    async def prune_invocations(self, before: datetime, keep_per_function: int) -> int:
+        """Log retention: delete records older than `before` and, for each function, all
+        but its newest `keep_per_function` (0: no count limit); return how many."""
+
+    @abstractmethod
     async def function_metrics(self, app_id: str, name: str) -> FunctionMetrics:
         """Aggregates over all recorded invocations of one function.
 

@@ -7,11 +7,12 @@ runtime plugins own mechanism.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -40,6 +41,7 @@ log = logging.getLogger("fnhost.service")
 
 MAX_DEPLOY_RETRIES = 5
 MAX_CACHED_DEFINITIONS = 10_000
+RETENTION_INTERVAL_SECONDS = 3600
 
 
 def utcnow() -> datetime:
@@ -58,9 +60,35 @@ class FunctionService:
     async def start(self) -> None:
         self.platform.cipher.load()
         await self.records.start()
+        self._retention = asyncio.create_task(self._retention_loop(), name="fnhost-retention")
 
     async def stop(self) -> None:
+        retention = getattr(self, "_retention", None)
+        if retention is not None:
+            retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention
         await self.records.stop()
+
+    async def enforce_retention(self) -> int:
+        """Delete invocation records past `limits.log_retention_days` or beyond the newest
+        `limits.log_retention_per_function` of each function; return how many."""
+        days = self.limits.log_retention_days
+        before = utcnow() - timedelta(days=days) if days > 0 else datetime.min.replace(tzinfo=UTC)
+        deleted = await self.platform.store.prune_invocations(
+            before, self.limits.log_retention_per_function
+        )
+        if deleted:
+            log.info("log retention deleted %d invocation records", deleted)
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.enforce_retention()
+            except Exception as exc:  # the store may be down; try again next round
+                log.warning("log retention failed: %s", type(exc).__name__)
+            await asyncio.sleep(RETENTION_INTERVAL_SECONDS)
 
     # -- deploy, read, delete ------------------------------------------------------
 

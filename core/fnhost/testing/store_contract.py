@@ -588,6 +588,30 @@ class StoreContract:
         assert metrics.avg_duration_ms == 1.0 and metrics.p95_duration_ms == 1.0
         assert metrics.last_invocation == T0 + timedelta(seconds=1)
 
+    # log retention
+
+    async def test_prune_by_age(self, store: Store) -> None:
+        await store.save_function(make_function(), None)
+        await store.append_invocations([make_record(n) for n in range(1, 11)])
+        deleted = await store.prune_invocations(T0 + timedelta(seconds=4), 0)
+        assert deleted == 3
+        left = await store.query_invocations("app1", "hello", LogQuery(limit=100))
+        assert [r.id for r in left][-1] == make_record(4).id and len(left) == 7
+
+    async def test_prune_keeps_newest_per_function(self, store: Store) -> None:
+        await store.save_function(make_function(), None)
+        await store.save_function(make_function(name="other"), None)
+        await store.append_invocations(
+            [make_record(n) for n in range(1, 11)]
+            + [make_record(n, name="other") for n in range(1, 3)]
+        )
+        deleted = await store.prune_invocations(T0, 4)
+        assert deleted == 6
+        kept = await store.query_invocations("app1", "hello", LogQuery(limit=100))
+        assert [r.id for r in kept] == [make_record(n).id for n in (10, 9, 8, 7)]
+        other = await store.query_invocations("app1", "other", LogQuery(limit=100))
+        assert len(other) == 2
+
     # cron fire claims
 
     async def test_claim_cron_fire_once(self, store: Store) -> None:

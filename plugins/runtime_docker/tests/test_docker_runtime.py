@@ -4,6 +4,7 @@ real engine, the engine's OOM killer, dead containers, and the image build."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -19,8 +20,16 @@ import pytest
 from fnhost.errors import CodeCheckFailed, Unavailable
 from fnhost.platform import Platform
 from fnhost.testing import make_config
-from fnhost.testing.runtime_contract import COUNTER, HELLO, assert_ok, call, make_spec
+from fnhost.testing.runtime_contract import (
+    COUNTER,
+    ECHO_REQUEST,
+    HELLO,
+    assert_ok,
+    call,
+    make_spec,
+)
 from fnhost_docker.container import LABEL_PREFIX
+from fnhost_docker.engine import resolve_docker_host
 from fnhost_docker.image import RuntimeImage, linked_libraries
 from fnhost_docker.runtime import DockerRuntime
 
@@ -381,3 +390,96 @@ def test_constructing_the_runtime_does_no_io(tmp_path: Path) -> None:
     assert isinstance(runtime, DockerRuntime)
     assert runtime.client is None
     assert os.listdir(tmp_path) == []
+
+
+async def test_large_bodies_cross_the_attach_stream(runtime: DockerRuntime) -> None:
+    code = """export default async (req) => {
+      const body = new Uint8Array(await req.arrayBuffer());
+      return new Response(body.reverse());
+    }"""
+    payload = os.urandom(5 * MiB)
+    result = await call(runtime, make_spec(code), "POST", "/", body=payload)
+    assert_ok(result)
+    assert result.body == payload[::-1]
+
+
+async def test_an_engine_over_tcp_is_a_config_change(
+    make_runtime: Any, engine: Any, tmp_path: Path
+) -> None:
+    local = resolve_docker_host(None)
+    if not local.startswith("unix://"):
+        pytest.skip("the engine under test is not a local socket")
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_unix_connection(
+            local.removeprefix("unix://")
+        )
+
+        async def pipe(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await source.read(65536):
+                    target.write(chunk)
+                    await target.drain()
+            target.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    # A TCP endpoint in front of the engine, as a remote engine's would be.
+    server = await asyncio.start_server(forward, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        docker_host = f"tcp://127.0.0.1:{port}"
+        async with make_runtime(tmp_path / "data", docker_host=docker_host) as runtime:
+            result = await call(runtime, make_spec(ECHO_REQUEST), "POST", "/x", body="over tcp")
+            assert_ok(result)
+            assert json.loads(result.body)["body"] == "over tcp"
+    finally:
+        server.close()
+
+
+def test_the_build_image_command(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from fnhost_docker.cli import docker_commands
+
+    monkeypatch.chdir(tmp_path)  # no fnhost.toml: the defaults
+    result = CliRunner().invoke(docker_commands, ["build-image"])
+    assert result.exit_code == 0, result.output
+    tag = RuntimeImage.describe("fnhost-runtime", None).tag
+    assert f"{tag}: up to date" in result.output or f"{tag}: built" in result.output
+    engine.images.get(tag)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    failed = CliRunner().invoke(docker_commands, ["build-image"])
+    assert failed.exit_code == 1
+    assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in failed.output
+
+
+def test_the_bootstrap_is_the_deno_runtimes_but_for_loading_the_code() -> None:
+    # Same behaviour on both runtimes means the same bootstrap: this one differs from the
+    # "deno" runtime's only in its header comment and in `writeCode`. When that one
+    # changes, copy it over and re-apply the two edits.
+    sibling = Path(__file__).parents[2] / "runtime_deno" / "fnhost_deno" / "bootstrap.ts"
+    if not sibling.exists():
+        pytest.skip("not in the fnhost repository")
+    ours = RuntimeImage.describe("fnhost-runtime", None).bootstrap
+    body = ours[ours.index("import { AsyncLocalStorage }") :]
+    body = body.replace(WRITE_CODE, "").replace(
+        "const moduleUrl = writeCode(String(header.code));",
+        "const moduleUrl = String(header.module);",
+    )
+    deno = sibling.read_text()
+    assert body == deno[deno.index("import { AsyncLocalStorage }") :]
+
+
+WRITE_CODE = """const CODE_DIR = "/tmp/fn";
+
+function writeCode(code: string): string {
+  Deno.mkdirSync(CODE_DIR, { recursive: true });
+  Deno.writeTextFileSync(`${CODE_DIR}/handler.ts`, code);
+  Deno.permissions.revokeSync({ name: "write" });
+  return new URL(`file://${CODE_DIR}/handler.ts`).href;
+}
+
+"""

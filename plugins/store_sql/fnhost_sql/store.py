@@ -218,6 +218,36 @@ class SqlStore(Store):
         except sqlite3.OperationalError as exc:
             raise Unavailable(f"store: {exc}") from exc
 
+    async def prune_invocations(self, before: datetime, keep_per_function: int) -> int:
+        deleted = 0
+        async with self._writing() as connection:
+            result = await connection.execute(
+                delete(invocations).where(invocations.c.timestamp < before)
+            )
+            deleted += max(result.rowcount or 0, 0)
+        if keep_per_function <= 0:
+            return deleted
+        async with self._reading() as connection:
+            keys = (await connection.execute(select(functions.c.app_id, functions.c.name))).all()
+        for app_id, name in keys:
+            of_function = (invocations.c.app_id == app_id, invocations.c.function_name == name)
+            async with self._writing() as connection:
+                # The timestamp of the first record past the newest `keep_per_function`.
+                cutoff = await connection.scalar(
+                    select(invocations.c.timestamp)
+                    .where(*of_function)
+                    .order_by(invocations.c.timestamp.desc())
+                    .offset(keep_per_function)
+                    .limit(1)
+                )
+                if cutoff is None:
+                    continue
+                result = await connection.execute(
+                    delete(invocations).where(*of_function, invocations.c.timestamp <= cutoff)
+                )
+                deleted += max(result.rowcount or 0, 0)
+        return deleted
+
     async def query_invocations(
         self, app_id: str, name: str, query: LogQuery
     ) -> list[InvocationRecord]:
