@@ -236,6 +236,12 @@ use = "deno"                # or "docker"
 max_warm = 50               # warm workers kept, least recently used evicted
 idle_seconds = 300          # a worker idle this long is stopped
 
+[trigger.cron]              # the cron trigger plugin (fnhost-cron)
+misfire_grace_seconds = 30  # a fire time that cannot start within this is skipped
+coalesce = true             # several missed fire times run once
+max_concurrent_runs = 1     # runs of one function at a time per process (1: no overlap)
+sync_seconds = 5.0          # how often other processes' deploys are read from the store
+
 [limits]                    # 0 disables a limit
 max_functions_per_app = 1000
 max_env_vars = 100

@@ -62,12 +62,13 @@ class Platform:
         for kind in ("store", "runtime"):
             known = getattr(self.registry, kind + "s")
             for name in getattr(self.config, kind).sections:
-                if name not in known:
+                if name not in known and name not in self.config.plugins.disable:
                     raise ConfigError(
                         f"config: [{kind}.{name}]: no loaded plugin provides that {kind}"
                     )
+        disabled = set(self.config.plugins.disable)
         for name in self.config.trigger:
-            if name not in self.registry.triggers:
+            if name not in self.registry.triggers and name not in disabled:
                 raise ConfigError(
                     f"config: [trigger.{name}]: no loaded plugin provides that trigger"
                 )

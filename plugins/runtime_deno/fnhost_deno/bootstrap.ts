@@ -505,13 +505,13 @@ async function readBody(
   invocation: Invocation,
   response: Response,
 ): Promise<Uint8Array | null | typeof STREAMED> {
-  if (!response.body) return EMPTY;
-  const known = response.bodyUsed ? null : staticLength(response);
-  if (known !== null) {
+  const known = staticLength(response); // before `.body`, which turns it into a stream
+  if (known !== null && !response.bodyUsed) {
     if (known > bodyLimit) return null;
     const content = await response.bytes();
     return content.length > bodyLimit ? null : content;
   }
+  if (!response.body) return EMPTY;
   const reader = response.body.getReader();
   const parts: Uint8Array[] = [];
   let size = 0;
