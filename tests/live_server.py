@@ -69,11 +69,20 @@ class LiveServer:
         )
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         deadline = time.monotonic() + START_SECONDS
-        while not self._ready.wait(0.05):
+        # The banner comes from the app's lifespan, just before uvicorn binds the port.
+        while not (self._ready.is_set() and self._answers()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"fnhost serve did not start:\n{self.output}")
+            time.sleep(0.05)
         return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def _read(self, process: subprocess.Popen[bytes]) -> None:
         # Drained all the time, so a chatty server never blocks on a full pipe.
@@ -93,7 +102,9 @@ class LiveServer:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"fnhost serve did not stop in {timeout} s:\n{self.output}")
+            raise AssertionError(
+                f"fnhost serve did not stop in {timeout} s:\n{self.output}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL, as a crash or the OOM killer would; its Deno workers are killed too."""

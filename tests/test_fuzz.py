@@ -116,7 +116,8 @@ class Findings:
         self.unsatisfiable: list[str] = []
         self.leaks = (*LEAKS, str(data_dir))
 
-    def judge(self, case: Any, response: requests.Response, public_call: bool) -> None:
+    def judge(self, case: Any, response: requests.Response) -> None:
+        public_call = "/fn/" in case.operation.path
         self.requests[case.operation.label] += 1
         self.statuses[response.status_code] += 1
         problems = self._problems(case, response, public_call)
@@ -149,7 +150,9 @@ class Findings:
                 public_call
                 and status in (500, 502, 504)
                 and body["error"] in FUNCTION_FAILURES
-                and re.fullmatch(r"[0-9a-f]{32}", str((body.get("detail") or {}).get("invocationId")))
+                and re.fullmatch(
+                    r"[0-9a-f]{32}", str((body.get("detail") or {}).get("invocationId"))
+                )
             )
             if not ran:
                 problems.append("a 5xx from fnhost itself")
@@ -180,7 +183,6 @@ def fuzz(server: LiveServer, headers: dict[str, str], label: str) -> Findings:
     assert len(operations) >= 20, [op.label for op in operations]
     for operation in operations:
         deploy_missing(server)
-        public_call = "/fn/" in operation.path
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = st.one_of(
                 operation.as_strategy(generation_mode=mode), pinned_strategy(operation, mode)
@@ -197,7 +199,7 @@ def fuzz(server: LiveServer, headers: dict[str, str], label: str) -> Findings:
             @given(case=strategy)
             def run(case: Any) -> None:
                 response = case.call(session=session, headers=headers, timeout=30)
-                findings.judge(case, response, public_call)
+                findings.judge(case, response)
 
             try:
                 run()

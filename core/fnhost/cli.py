@@ -101,7 +101,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
             access_log=False,
             lifespan="on",
             loop="uvloop",
-            http="httptools",
+            http=guarded_http_protocol(),
         )
     )
     try:
@@ -110,6 +110,74 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         fail(exc.message)
     if not server.started:
         sys.exit(1)
+
+
+# Limits uvicorn lacks (it waits for a request's headers forever and buffers them whole).
+HEADER_SECONDS = 10.0
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def guarded_http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol, plus: a request's headers must arrive within
+    HEADER_SECONDS (else 408) and fit in MAX_HEADER_BYTES (else 431). Without them a
+    client trickling header bytes (slowloris) holds its connection forever, and one huge
+    header is buffered whole."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._expect_headers()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._header_timer is None:
+                self._expect_headers()
+
+        def _expect_headers(self) -> None:
+            self._header_bytes = 0
+            self._header_timer = self.loop.call_later(
+                HEADER_SECONDS, self._refuse, 408, "request headers not received in time"
+            )
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is not None:  # counted before the parser buffers them
+                end = data.find(b"\r\n\r\n")
+                self._header_bytes += len(data) if end < 0 else end
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    self._refuse(431, "request headers too large")
+                    return
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._stop_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_timer()
+            super().connection_lost(exc)
+
+        def _stop_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _refuse(self, status: int, message: str) -> None:
+            self._stop_timer()
+            if self.transport.is_closing():
+                return
+            body = json.dumps({"error": message}).encode()
+            self.transport.write(
+                f"HTTP/1.1 {status} {message}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + body
+            )
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol
 
 
 @main.command()

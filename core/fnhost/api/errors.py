@@ -77,7 +77,7 @@ def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException)
     first = problems[0]
     message = str(first.get("message", "invalid value")).replace("`", "")
     key = str(first.get("key", ""))
-    source = first.get("source")
+    source = getattr(first.get("source"), "value", first.get("source"))  # ParamType -> "query"
     if message.startswith("Object missing required field"):
         field = message.rsplit(" ", 1)[-1]
         return error_response(400, f"{field}: required", {"field": field})
@@ -86,8 +86,9 @@ def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException)
         return error_response(400, f"{source} parameter {key}: {text}", {"field": key})
     if key in ("", "data"):
         # The whole body: the wrong shape is bad input; a bad value inside it is invalid.
-        if message.startswith("Expected") and not message.startswith(
-            ("Expected object", "Expected array")
+        if message.startswith("Object contains unknown field") or (
+            message.startswith("Expected")
+            and not message.startswith(("Expected object", "Expected array"))
         ):
             return error_response(422, f"request body: {text}", None)
         return error_response(400, "request body: expected a JSON object", None)

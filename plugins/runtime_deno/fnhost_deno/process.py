@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fnhost_deno.protocol import FrameParser, ProtocolError, WorkerMessage
 
@@ -108,14 +108,12 @@ class WorkerProcess(asyncio.SubprocessProtocol):
     # ---- the protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self._transport = transport
-        stdin = transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
-        self._stdin = stdin
+        # Duck-typed: uvloop's transports implement these interfaces without the classes.
+        self._transport = cast(asyncio.SubprocessTransport, transport)
+        self._stdin = cast(asyncio.WriteTransport, self._transport.get_pipe_transport(0))
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        assert isinstance(data, bytes)
+        data = cast(bytes, data)
         if fd == 2:
             self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL_BYTES:]
             return
@@ -131,9 +129,10 @@ class WorkerProcess(asyncio.SubprocessProtocol):
             self._on_message(message, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        assert self._transport is not None
         self.resume_writing()
-        returncode = self._transport.get_returncode()
-        self._transport.close()
+        returncode = None
+        if self._transport is not None:
+            returncode = self._transport.get_returncode()
+            self._transport.close()
         if not self.exited.done():
             self.exited.set_result(returncode if returncode is not None else -signal.SIGKILL)

@@ -209,15 +209,15 @@ class DenoRuntime(Runtime):
         waits for it."""
         key = (function.app_id, function.name, function.revision)
         pool = self._pools.get(key)
-        if pool is not None:
-            for stale in [w for w in pool if not (w.alive and w.runs(function))]:
-                self._retire(key, stale)
-            pool = self._pools.get(key)
         if not pool:
             self._make_room(optional=False)
             return key, self._launch(key, function)
+        worker = pool[0] if len(pool) == 1 else min(pool, key=_load)
+        if not (worker.alive and worker.runs(function)):
+            for stale in [w for w in pool if not (w.alive and w.runs(function))]:
+                self._retire(key, stale)
+            return self._worker_for(function)
         self._pools.move_to_end(key)
-        worker = min(pool, key=lambda w: w.in_flight)
         if (
             worker.in_flight >= self.config.max_concurrent_per_worker
             and len(pool) < self.config.max_workers_per_function
@@ -342,6 +342,10 @@ class DenoRuntime(Runtime):
             key: [w.pid for w in pool if w.pid is not None] for key, pool in self._pools.items()
         }
         return {key: pids for key, pids in pools.items() if pids}
+
+
+def _load(worker: DenoWorker) -> int:
+    return worker.in_flight
 
 
 def _prepare_workdir(data_dir: str) -> tuple[Path, Path]:

@@ -155,7 +155,7 @@ class DenoWorker:
     def runs(self, function: FunctionSpec) -> bool:
         """Whether this worker runs exactly that code, env and memory limit."""
         mine = self.function
-        return (
+        return mine is function or (
             mine.code == function.code
             and mine.env == function.env
             and mine.memory_limit_mb == function.memory_limit_mb

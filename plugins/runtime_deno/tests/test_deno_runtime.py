@@ -375,3 +375,35 @@ async def test_a_killed_worker_ends_its_streams_as_a_crash(runtime: DenoRuntime)
             os.kill(only_pid(runtime), signal.SIGKILL)
     assert result.outcome == "crash"
     assert result.error is not None and "SIGKILL" in result.error
+
+
+def test_the_runtime_runs_on_uvloop(tmp_path: Path) -> None:
+    # `fnhost serve` runs on uvloop, whose subprocess transports are its own classes.
+    import uvloop
+
+    streamed = """export default () => new Response(new ReadableStream({
+      async start(controller) {
+        controller.enqueue(new TextEncoder().encode("a"));
+        await new Promise((r) => setTimeout(r, 20));
+        controller.enqueue(new TextEncoder().encode("b"));
+        controller.close();
+      },
+    }))"""
+    slow = "export default () => new Promise((r) => setTimeout(() => r(new Response('x')), 5000))"
+
+    async def scenario() -> list[object]:
+        async with deno_runtime(tmp_path / "data") as runtime:
+            counter = make_spec(COUNTER)
+            await runtime.check(counter)
+            seen: list[object] = [(await call(runtime, counter)).body for _ in range(2)]
+            seen.append((await call(runtime, make_spec(streamed, name="s"))).body)
+            await runtime.check(make_spec(slow, name="slow"))
+            in_flight = asyncio.ensure_future(call(runtime, make_spec(slow, name="slow")))
+            await eventually(lambda: runtime.in_flight() == 1)
+            os.kill(runtime.worker_pids()[("contract", "slow", 1)], signal.SIGKILL)
+            seen.append((await in_flight).outcome)
+            seen.append((await call(runtime, counter)).body)
+        return seen
+
+    assert uvloop.run(scenario()) == [b"1", b"2", b"ab", "crash", b"3"]
+    assert deno_pids(tmp_path) == set()

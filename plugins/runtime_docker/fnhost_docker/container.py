@@ -115,7 +115,6 @@ class FunctionContainer:
         self.settings = settings
         self._publish = publish
         self.container_id: str | None = None
-        self.started_at: float | None = None  # monotonic, when the engine started it
         self._stream: AttachedStream | None = None
         self._loaded: asyncio.Future[ContainerMessage | Death] | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -194,7 +193,6 @@ class FunctionContainer:
             self._death = Death("crash", f"cannot start a container: {_explain(exc)}")
             self._remove()
             raise Unavailable(self._death.message) from None
-        self.started_at = time.monotonic()
         init = Init(
             code=self.function.code,
             env=dict(self.function.env),
@@ -381,10 +379,11 @@ class FunctionContainer:
         code = state.get("ExitCode")
         if code is None:
             reason = "the container's stream to fnhost ended"
-        elif code > 128 and code - 128 in signal.Signals._value2member_map_:
-            reason = f"the container died: killed by {signal.Signals(code - 128).name}"
         else:
             reason = f"the container exited with code {code}"
+            with contextlib.suppress(ValueError):
+                if code > 128:
+                    reason = f"the container died: killed by {signal.Signals(code - 128).name}"
         last_line = self._last_stderr_line(tail)
         return Death("crash", f"{reason}: {last_line}" if last_line else reason)
 

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -53,6 +53,9 @@ log = logging.getLogger("fnhost.docker")
 # Frames carry the body plus headers and up to 1 MiB of logs.
 FRAME_HEADROOM_BYTES = 2 * MiB
 NETWORK_LABEL = LABEL_PREFIX + "network"
+# ctx.publish messages waiting for delivery, per app: past this, new ones are dropped.
+MAX_QUEUED_PUBLISHES = 10_000
+PUBLISH_DRAIN_SECONDS = 2.0
 
 ContainerKey = tuple[str, str, int]  # app_id, function name, revision
 
@@ -113,6 +116,7 @@ class DockerRuntime(Runtime):
         self._retiring: dict[asyncio.Task[None], FunctionContainer] = {}
         self._latest: dict[tuple[str, str], int] = {}  # newest revision invoked per function
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: dict[str, deque[tuple[str, Any]]] = {}  # app_id -> ctx.publish messages
         self._publishing: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -167,7 +171,12 @@ class DockerRuntime(Runtime):
         containers = [*self._containers.values(), *self._retiring.values()]
         self._containers.clear()
         await asyncio.gather(*(c.stop() for c in containers), return_exceptions=True)
-        await asyncio.gather(*self._retiring, *self._publishing, return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._publishing:
+            _, late = await asyncio.wait(self._publishing, timeout=PUBLISH_DRAIN_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self.client is not None:
             # Whatever a creation in flight or a failed removal left behind.
             await asyncio.to_thread(remove_containers, self.client, self.owner)
@@ -242,9 +251,30 @@ class DockerRuntime(Runtime):
         return key, container
 
     def _publish(self, app_id: str, channel: str, data: Any) -> None:
-        task = asyncio.ensure_future(self.platform.publish(app_id, channel, data))
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        """Queue a function's `ctx.publish` for delivery through the platform: in order per
+        app, off the container's read loop, and never failing the invocation."""
+        queue = self._outbox.get(app_id)
+        if queue is None:
+            queue = self._outbox[app_id] = deque()
+            task = asyncio.ensure_future(self._deliver(app_id, queue))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+        if len(queue) >= MAX_QUEUED_PUBLISHES:
+            log.warning("ctx.publish of app %s dropped: %d messages queued", app_id, len(queue))
+            return
+        queue.append((channel, data))
+
+    async def _deliver(self, app_id: str, queue: deque[tuple[str, Any]]) -> None:
+        try:
+            while queue:
+                channel, data = queue.popleft()
+                try:
+                    await self.platform.publish(app_id, channel, data)
+                except Exception:
+                    log.exception("ctx.publish of app %s on %r failed", app_id, channel)
+        finally:
+            if self._outbox.get(app_id) is queue:
+                del self._outbox[app_id]
 
     def _supersede(self, function: FunctionSpec) -> None:
         """A call for a newer revision retires the containers of older ones."""

@@ -1,14 +1,18 @@
 """This process's WebSocket connections and their channel subscriptions.
 
-Every frame to a client goes through that connection's bounded send queue, drained by
-one sender task per connection, so delivering never waits for a client: a client whose
-queue is full is disconnected (code 1008) and everyone else carries on.
+Every frame to a client goes through that connection's send queue, drained by one
+sender task per connection, so delivering never waits for a client. A client whose
+socket stops taking frames (it does not read) while `send_queue_frames` are queued is
+disconnected (code 1008) and everyone else carries on. A client that reads is never
+punished for a burst (many publishes at once): its queue may then hold up to
+`BURST_FACTOR` times as many frames, which its sender writes on the loop's next turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -18,6 +22,7 @@ if TYPE_CHECKING:
     from fnhost_ws.trigger import WebSocketConfig
 
 CLOSE_TOO_SLOW = 1008
+BURST_FACTOR = 4
 
 
 class Close(NamedTuple):
@@ -40,31 +45,37 @@ class Connection:
         self.closing: Close | None = None
         # Set when the connection must end now: closed by the server, or too slow.
         self.ended = asyncio.Event()
-        self._queue: asyncio.Queue[str | Close] = asyncio.Queue(queue_frames)
+        self._limit = queue_frames
+        self._queue: deque[str | Close] = deque()
+        self._queued = asyncio.Event()
+        # True while the sender waits inside a write: the socket takes no more (under
+        # uvicorn a write only waits when the client does not read).
+        self._blocked = False
 
     def send(self, frame: str) -> None:
-        """Queue a frame; never waits. A full queue disconnects the client."""
+        """Queue a frame; never waits. A client too slow for its queue is disconnected."""
         if self.closing is not None:
             return
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        queued = len(self._queue)
+        if queued >= self._limit and (self._blocked or queued >= self._limit * BURST_FACTOR):
             self.abort(CLOSE_TOO_SLOW, "send queue full: client too slow")
+            return
+        self._queue.append(frame)
+        self._queued.set()
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued (an error frame saying why, say)."""
         if self.closing is not None:
             return
         self.closing = Close(code, reason)
-        try:
-            self._queue.put_nowait(self.closing)
-        except asyncio.QueueFull:
-            self.ended.set()
+        self._queue.append(self.closing)
+        self._queued.set()
 
     def abort(self, code: int, reason: str) -> None:
         """Close now, dropping what is queued."""
         if self.closing is None:
             self.closing = Close(code, reason)
+        self._queue.clear()
         self.ended.set()
 
     async def run_sender(
@@ -74,12 +85,20 @@ class Connection:
     ) -> None:
         """Drain the queue into the socket until a close is queued."""
         while True:
-            item = await self._queue.get()
+            if not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            item = self._queue.popleft()
             if isinstance(item, Close):
                 await close(item.code, item.reason)
                 self.ended.set()
                 return
-            await send(item)
+            self._blocked = True
+            try:
+                await send(item)
+            finally:
+                self._blocked = False
 
 
 class Hub:

@@ -92,6 +92,8 @@ async def _serve(
         if not sender.done():
             sender.cancel()
         await asyncio.gather(sender, reader, ended, return_exceptions=True)
+        if not reader.cancelled() and reader.exception() is not None:
+            log.error("websocket connection %s failed", connection.id, exc_info=reader.exception())
         if connection.closing is not None and not _sent_close(sender):
             # The sender could not get to the close (a full queue): close directly,
             # without waiting on a client that does not read.

@@ -3,6 +3,7 @@ ties this process's connections, the functions' event table and the fan-out toge
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -109,6 +110,8 @@ class WebSocketTrigger(Trigger):
             )
             return
         self.hub.deliver(app_id, channel, payload)
+        # Let the subscribers' senders write before the next publish of a burst.
+        await asyncio.sleep(0)
         await self.fanout.publish(app_id, channel, payload)
 
     def _fanout_dsn(self) -> str | None:

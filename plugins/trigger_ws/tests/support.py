@@ -124,8 +124,8 @@ class Client:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
 
-    async def receive(self, timeout: float = RECEIVE_TIMEOUT_S) -> dict[str, Any]:
-        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+    async def receive(self, within: float = RECEIVE_TIMEOUT_S) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), within))
         return frame
 
     async def receive_many(self, count: int) -> list[dict[str, Any]]:
@@ -153,9 +153,9 @@ async def ws_client(url: str, **options: Any) -> AsyncIterator[Client]:
         yield Client(ws, hello)
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait until `check()` is true, polling; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until `check()` is true, polling; fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if not isinstance(result, bool):
@@ -202,8 +202,8 @@ class ServeProcess:
     def output(self) -> str:
         return (self.workdir / "serve.log").read_text(errors="replace")
 
-    async def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_healthy(self, within: float = 60) -> None:
+        deadline = time.monotonic() + within
         async with httpx.AsyncClient(timeout=1) as client:
             while True:
                 assert self.process.poll() is None, self.output()

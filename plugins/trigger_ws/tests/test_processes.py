@@ -98,7 +98,7 @@ async def test_a_publish_reaches_subscribers_on_every_process(
             if (await sender.receive())["type"] == "error":
                 break
             await asyncio.sleep(0.1)
-        assert time.monotonic() - deleted_at < 3
+        assert time.monotonic() - deleted_at < 5
 
 
 async def test_the_fan_out_reconnects_when_its_connection_drops(
@@ -128,7 +128,7 @@ async def test_the_fan_out_reconnects_when_its_connection_drops(
         for attempt in range(40):
             await chat(sender, f"after {attempt}")
             try:
-                message = await listener.receive(timeout=0.5)
+                message = await listener.receive(within=0.5)
             except TimeoutError:
                 continue
             assert message["data"]["text"].startswith("after")
