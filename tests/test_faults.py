@@ -17,7 +17,6 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -99,24 +98,28 @@ def test_killed_deno_worker_fails_the_call_with_502_and_is_replaced(tmp_path: Pa
 # -- b. fnhost SIGKILLed under load, restarted on the same data ---------------------------
 
 
-async def call_many(url: str, ids: range, concurrency: int, killed: asyncio.Event) -> set[str]:
-    """Call /fn/tag/<id> for every id; return the ids that got an HTTP answer."""
+async def load_and_kill(
+    server: LiveServer, total: int, concurrency: int, kill_after: int
+) -> set[str]:
+    """Call /fn/tag/call-<n> for n < total, `concurrency` at a time; SIGKILL the server
+    once `kill_after` calls are answered. Return the ids of the calls that got an answer."""
     answered: set[str] = set()
-    queue = list(ids)
-    limits = httpx.Limits(max_connections=concurrency)
+    numbers = iter(range(total))  # shared by the workers: each call is made once
 
     async def worker(client: httpx.AsyncClient) -> None:
-        while queue and not killed.is_set():
-            call_id = f"call-{queue.pop(0)}"
+        for number in numbers:
+            call_id = f"call-{number}"
             try:
                 response = await client.get(f"/v1/demo/fn/tag/{call_id}")
             except httpx.TransportError:
                 continue  # no answer: the server died with this call in flight
-            assert response.status_code == 200, response.text
-            assert response.text == f"/{call_id}"
+            assert response.status_code == 200 and response.text == f"/{call_id}"
             answered.add(call_id)
+            if len(answered) == kill_after:
+                server.kill()  # the other workers' calls are in flight
 
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return answered
 
@@ -137,21 +140,7 @@ async def test_sigkill_under_load_keeps_every_answered_call_recorded_once(
     try:
         with httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as http:
             deploy(http, "tag", TAG)
-        killed = asyncio.Event()
-
-        async def kill_midway() -> None:
-            # SIGKILL once a good part of the calls is answered, with ~20 in flight.
-            while len(list(server.data_dir.glob("*"))) and not killed.is_set():
-                await asyncio.sleep(0.01)
-                if progress["answered"] >= 80:
-                    break
-            server.kill()
-            killed.set()
-
-        progress = {"answered": 0}
-        loader = asyncio.create_task(call_many_counting(server.url, progress, killed))
-        await kill_midway()
-        answered = await loader
+        answered = await load_and_kill(server, total=200, concurrency=20, kill_after=80)
     finally:
         server.kill()
     assert 80 <= len(answered) < 200, len(answered)
@@ -169,31 +158,9 @@ async def test_sigkill_under_load_keeps_every_answered_call_recorded_once(
     assert not missing, sorted(missing)
     assert "Traceback" not in restarted.output and "unexpected error" not in restarted.output
     print(
-        f"\nsigkill under load: {len(answered)} calls answered before the kill, "
+        f"\nSIGKILL under load: {len(answered)} of 200 calls answered before the kill, "
         f"{len(paths)} recorded after the restart, none duplicated"
     )
-
-
-async def call_many_counting(url: str, progress: dict[str, int], killed: asyncio.Event) -> set[str]:
-    answered: set[str] = set()
-    ids = list(range(200))
-    concurrency = 20
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while ids and not killed.is_set():
-            call_id = f"call-{ids.pop(0)}"
-            try:
-                response = await client.get(f"/v1/demo/fn/tag/{call_id}")
-            except httpx.TransportError:
-                continue  # no answer: the server died with this call in flight
-            assert response.status_code == 200 and response.text == f"/{call_id}"
-            answered.add(call_id)
-            progress["answered"] += 1
-
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return answered
 
 
 # -- c. the store goes away during load and comes back -------------------------------------
@@ -411,57 +378,3 @@ def test_journal_replay_sets_refused_records_aside(tmp_path: Path, postgres_url:
         assert paths == Counter({"/live": 1, "/journaled-1": 1, "/journaled-2": 1}), paths
         rejected = (server.data_dir / "records.rejected").read_bytes().splitlines()
         assert len(rejected) == 2 and rejected[0].startswith(b'{"id":"bbbb'), rejected
-
-
-def test_cuttable_proxy_refuses_while_cut() -> None:
-    # The proxy itself, so the outage test above tests fnhost and not the proxy.
-    with socket_pair_server() as (host, port), CuttableProxy(host, port) as proxy:
-        assert _echo(proxy.port) == b"ping"
-        proxy.cut()
-        with pytest.raises(OSError):
-            _echo(proxy.port)
-        proxy.restore()
-        assert _echo(proxy.port) == b"ping"
-
-
-def _echo(port: int) -> bytes:
-    import socket
-
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"ping")
-        data = sock.recv(4)
-        if not data:
-            raise ConnectionResetError("closed")
-        return data
-
-
-class socket_pair_server:  # noqa: N801 (used as a context manager, like a function)
-    """An echo server on a thread: the proxy's target in its own test."""
-
-    def __enter__(self) -> tuple[str, int]:
-        import socket
-
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen()
-        self._stop = False
-        threading.Thread(target=self._serve, daemon=True).start()
-        return "127.0.0.1", int(self._sock.getsockname()[1])
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(1024):
-                    conn.sendall(data)
-
-    def __exit__(self, *_: object) -> None:
-        self._stop = True
-        self._sock.close()
-
-
-def _unused(_: Iterator[Any]) -> None:  # keep imports honest for type checkers
-    return None

@@ -121,6 +121,29 @@ async def test_hook_fnhost_routes(tmp_path: Path) -> None:
         assert (await api.client.get("/extra/ping")).json() == {"pong": "yes"}
 
 
+def test_hook_fnhost_cli_commands(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fnhost.cli", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "docker" in result.stdout  # added by the fnhost-docker plugin
+    build = subprocess.run(
+        [sys.executable, "-m", "fnhost.cli", "docker", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert build.returncode == 0 and "build-image" in build.stdout
+
+
 async def test_hook_fnhost_startup(tmp_path: Path, events: list[Any]) -> None:
     class Plugin:
         @hookimpl

@@ -34,7 +34,36 @@ def _config(path: str | None) -> Config:
         raise  # unreachable
 
 
-@click.group()
+class PluginCommands(click.Group):
+    """`fnhost` plus the subcommands plugins add (hook `fnhost_cli_commands`), loaded
+    only when a command is not one of the core's, so core commands stay fast."""
+
+    _plugin_commands: dict[str, click.Command] | None = None
+
+    def _plugins(self, ctx: click.Context) -> dict[str, click.Command]:
+        if self._plugin_commands is None:
+            from fnhost.plugins import create_plugin_manager
+
+            self._plugin_commands = {}
+            try:
+                config = load_config(ctx.params.get("config_path"))
+                pm = create_plugin_manager(config.plugins.modules, config.plugins.disable)
+            except FnhostError:
+                return self._plugin_commands  # the command itself reports the config error
+            for commands in pm.hook.fnhost_cli_commands():
+                for command in commands or []:
+                    if command.name:
+                        self._plugin_commands.setdefault(command.name, command)
+        return self._plugin_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._plugins(ctx).get(cmd_name)
+
+
+@click.group(cls=PluginCommands)
 @click.version_option(package_name="fnhost-core")
 @click.option(
     "--config",

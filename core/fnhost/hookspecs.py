@@ -46,6 +46,11 @@ def fnhost_routes(app_config: Any) -> list[Any]:  # type: ignore[empty-body]
 
 
 @hookspec
+def fnhost_cli_commands() -> list[Any]:  # type: ignore[empty-body]
+    """Return extra `fnhost` subcommands (click commands or groups) this plugin adds."""
+
+
+@hookspec
 def fnhost_startup(platform: Platform) -> Any:
     """Called once the store and runtime are started; may return an awaitable."""
 
