@@ -167,6 +167,9 @@ async def broadcast(clients: list[ClientConnection], seconds: float) -> None:
     for task in (*receivers, sender):
         task.cancel()
     await asyncio.gather(*receivers, sender, return_exceptions=True)
+    dropped = sum(1 for ws in clients if ws.close_code is not None)
+    if dropped:
+        print(f"warning: {dropped} clients were disconnected during the broadcast")
     ms = [s * 1000 for s in latencies]
     print(
         f"broadcast to {len(clients)} subscribers, {BROADCAST_IN_FLIGHT} publishing events in "

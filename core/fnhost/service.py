@@ -220,7 +220,7 @@ class FunctionService:
             _check_could_exist(app_id, name)
             try:
                 function = await self.platform.store.get_function(app_id, name)
-            except Unavailable:
+            except (Unavailable, ConnectionError, TimeoutError):  # a store may not wrap them
                 if cached is None:
                     raise
                 # The store is down: keep serving the definition we last saw.

@@ -118,6 +118,12 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         # invalid UTF-8 inside a string; Litestar lets them through its body parsing.
         what = "nested too deeply" if isinstance(exc, RecursionError) else "not valid UTF-8"
         return error_response(400, f"request body is not valid JSON: {what}")
+    if isinstance(exc, ConnectionError | TimeoutError):
+        # A plugin let a connection failure through instead of raising Unavailable.
+        log.warning("unavailable: %s: %s", type(exc).__name__, exc)
+        return error_response(
+            503, f"a service fnhost depends on cannot be reached ({type(exc).__name__}); retry"
+        )
     log.exception("unexpected error", exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
 

@@ -83,6 +83,8 @@ class DenoConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_message_bytes: Annotated[int, msgspec.Meta(ge=MiB)] = 10 * MiB + FRAME_HEADROOM_BYTES
     # loading a module, remote imports included
     start_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30
+    # more V8 flags for every worker (after fnhost's own), e.g. ["--optimize-for-size"]
+    v8_flags: list[str] = msgspec.field(default_factory=list)
 
 
 class DenoRuntime(Runtime):
@@ -123,6 +125,7 @@ class DenoRuntime(Runtime):
             body_limit=body_limit,
             frame_limit=max(self.config.max_message_bytes, body_limit + FRAME_HEADROOM_BYTES),
             rss_allowance_mb=RSS_ALLOWANCE_MB,
+            v8_flags=tuple(self.config.v8_flags),
             publish=self._publish,
         )
         self._tasks = [

@@ -29,7 +29,13 @@ def deno_command(settings: WorkerSettings, code_file: Path, memory_limit_mb: int
     # V8 grows its young generation up to 16-32 MiB per semi-space under load; bounded in
     # proportion to the limit, a busy hello-world worker stays near 70 MiB instead of 170.
     semi_space_mb = min(max(memory_limit_mb // 64, 1), 16)
-    v8_flags = f"--max-old-space-size={memory_limit_mb},--max-semi-space-size={semi_space_mb}"
+    v8_flags = ",".join(
+        (
+            f"--max-old-space-size={memory_limit_mb}",
+            f"--max-semi-space-size={semi_space_mb}",
+            *settings.v8_flags,
+        )
+    )
     return [
         settings.deno,
         "run",

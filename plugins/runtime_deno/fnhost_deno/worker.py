@@ -57,6 +57,7 @@ class WorkerSettings:
     body_limit: int
     frame_limit: int
     rss_allowance_mb: int
+    v8_flags: tuple[str, ...] = ()
     # ctx.publish(channel, data) of a function: (app_id, channel, data), never raising
     publish: Callable[[str, str, Any], None] | None = None
 

@@ -15,6 +15,7 @@ from fnhost.models import FunctionDefinition
 from fnhost_ws.auth import ConnectionAuth
 from fnhost_ws.events import EventTable
 from fnhost_ws.fanout import Fanout, LocalFanout, postgres_dsn
+from fnhost_ws.frames import MAX_CHANNEL_CHARS
 from fnhost_ws.hub import Hub
 
 if TYPE_CHECKING:
@@ -95,8 +96,12 @@ class WebSocketTrigger(Trigger):
     async def publish(self, app_id: str, channel: str, data: Any) -> None:
         """A function's ctx.publish: deliver to this process's subscribers at once, and to
         the other processes' through the fan-out."""
-        if not isinstance(channel, str) or not 1 <= len(channel) <= 200:
-            log.error("ctx.publish of app %s: channel must be a string of 1-200 chars", app_id)
+        if not isinstance(channel, str) or not 1 <= len(channel) <= MAX_CHANNEL_CHARS:
+            log.error(
+                "ctx.publish of app %s dropped: the channel must be a string of 1-%d characters",
+                app_id,
+                MAX_CHANNEL_CHARS,
+            )
             return
         payload = msgspec.json.encode(data)
         if len(payload) > self.config.max_publish_bytes:
