@@ -1,7 +1,7 @@
 """The bare Litestar hello world that fnhost is compared with (bench/run.py).
 
-    python bench/apps/hello_litestar.py PORT     # uvicorn, configured as `fnhost serve` is
-    granian --interface asgi --loop uvloop bench.apps.hello_litestar:app
+python bench/apps/hello_litestar.py PORT     # uvicorn, configured as `fnhost serve` is
+granian --interface asgi --loop uvloop bench.apps.hello_litestar:app
 """
 
 from __future__ import annotations

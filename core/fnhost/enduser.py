@@ -91,6 +91,8 @@ class Verifier:
             raise Unauthenticated("token audience not accepted") from None
         except jwt.InvalidIssuerError:
             raise Unauthenticated("token issuer not accepted") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(f"token has no {exc.claim!r} claim") from None
         except jwt.PyJWTError:
             raise Unauthenticated("invalid token") from None
         return claims
@@ -98,6 +100,8 @@ class Verifier:
 
 class EndUserAuth:
     """Verifies end-user tokens per app; settings cached briefly, refreshed on change."""
+
+    leeway_seconds = LEEWAY_SECONDS  # clock skew allowed on exp and nbf
 
     def __init__(self, platform: Platform) -> None:
         self._platform = platform

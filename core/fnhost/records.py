@@ -33,6 +33,9 @@ MAX_BATCH = 500
 JOURNAL_FILE = "records.journal"
 REJECTED_FILE = "records.rejected"
 REPLAY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# A store that stops answering (a network partition: no error, no reply) is failing too.
+# Longer than SQLite's busy timeout (5 s), so that a locked SQLite fails on its own first.
+STORE_WRITE_SECONDS = 8.0
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(InvocationRecord)
@@ -65,7 +68,7 @@ class RecordWriter:
         while self._pending:
             await self._write_batch()
         with contextlib.suppress(Exception):
-            await self._replay()
+            await asyncio.wait_for(self._replay(), STORE_WRITE_SECONDS)
 
     def _has_journal(self) -> bool:
         return self.journal.exists() or self._replaying.exists()
@@ -102,7 +105,7 @@ class RecordWriter:
         del self._pending[: len(batch)]
         records = [record for record, _ in batch]
         try:
-            await self._platform.store.append_invocations(records)
+            await self._store_write(records)
         except Exception as exc:
             log.error(
                 "writing %d invocation records failed (%s: %s); journaling them",
@@ -118,6 +121,11 @@ class RecordWriter:
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    async def _store_write(self, records: list[InvocationRecord]) -> None:
+        await asyncio.wait_for(
+            self._platform.store.append_invocations(records), STORE_WRITE_SECONDS
+        )
 
     def _journal_append(self, records: list[InvocationRecord]) -> None:
         self._append_lines(self.journal, [_encoder.encode(r) for r in records])
@@ -168,12 +176,11 @@ class RecordWriter:
                 records.append(_decoder.decode(line))
             except msgspec.DecodeError:  # torn by a crash mid-write: keep it aside
                 self._reject(line, "undecodable journal line")
-        store = self._platform.store
         for start in range(0, len(records), MAX_BATCH):
             batch = records[start : start + MAX_BATCH]
             try:
-                await store.append_invocations(batch)
-            except Unavailable:
+                await self._store_write(batch)
+            except (Unavailable, TimeoutError):
                 raise
             except Exception:
                 # Some were stored before a crash (Conflict), or the store refuses one of
@@ -186,16 +193,18 @@ class RecordWriter:
             await self._replay()
 
     async def _replay_one(self, record: InvocationRecord) -> None:
-        store = self._platform.store
         try:
-            await store.append_invocations([record])
+            await self._store_write([record])
         except Conflict:
             return  # stored before a crash
-        except Unavailable:
+        except (Unavailable, TimeoutError):
             raise
         except Exception as exc:
             # Refused for good only if the store answers otherwise; else retry later.
-            await store.query_invocations(record.app_id, record.function_name, LogQuery(limit=1))
+            probe = self._platform.store.query_invocations(
+                record.app_id, record.function_name, LogQuery(limit=1)
+            )
+            await asyncio.wait_for(probe, STORE_WRITE_SECONDS)
             self._reject(_encoder.encode(record), f"{type(exc).__name__}: {exc}")
 
     def _reject(self, line: bytes, reason: str) -> None:

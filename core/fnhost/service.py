@@ -41,6 +41,7 @@ log = logging.getLogger("fnhost.service")
 
 MAX_DEPLOY_RETRIES = 5
 MAX_CACHED_DEFINITIONS = 10_000
+STALE_READ_SECONDS = 2.0
 RETENTION_INTERVAL_SECONDS = 3600
 
 
@@ -219,7 +220,9 @@ class FunctionService:
             check_app_id(app_id)
             _check_could_exist(app_id, name)
             try:
-                function = await self.platform.store.get_function(app_id, name)
+                read = self.platform.store.get_function(app_id, name)
+                # With a definition to fall back on, a store that does not answer is down.
+                function = await (asyncio.wait_for(read, STALE_READ_SECONDS) if cached else read)
             except (Unavailable, ConnectionError, TimeoutError):  # a store may not wrap them
                 if cached is None:
                     raise

@@ -3,16 +3,13 @@ verify a token. The verified claims reach every function the connection triggers
 ctx.user.
 
 The mode is `[trigger.websocket] auth`, raised to "required" for an app whose settings
-say `websocket.requireToken`. A token is verified with `[trigger.websocket] jwt_secret`
-(HS256) when it is set, otherwise with the app's own keys through the core's end-user
-verifier (`platform.end_users`, the same one that checks http triggers' tokens).
+say `websocket.requireToken`. A token is verified with the app's own keys through the
+core's end-user verifier (`platform.end_users`), the one that checks http triggers' tokens.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
-
-import jwt
 
 from fnhost.errors import Unauthenticated
 
@@ -21,7 +18,6 @@ if TYPE_CHECKING:
     from fnhost_ws.trigger import WebSocketConfig
 
 Mode = Literal["none", "optional", "required"]
-LEEWAY_SECONDS = 5
 
 
 class ConnectionAuth:
@@ -60,44 +56,9 @@ class ConnectionAuth:
         return self._config.auth
 
     async def verify(self, app_id: str, token: str) -> dict[str, Any]:
-        if self._config.jwt_secret:
-            return verify_hs256(token, self._config.jwt_secret, self._config.jwt_audience)
-        end_users = getattr(self._platform, "end_users", None)
-        if end_users is None:
-            raise Unauthenticated("end-user tokens are not configured on this server")
-        claims: dict[str, Any] = await end_users.verify(app_id, token)
+        """Claims of a token valid for the app's own keys (the core's end-user verifier)."""
+        claims: dict[str, Any] = await self._platform.end_users.verify(app_id, token)
         return claims
-
-
-def verify_hs256(token: str, secret: str, audience: str | None) -> dict[str, Any]:
-    """The claims of an HS256 token signed with `secret`, not expired (an `exp` is
-    required), already valid (`nbf`) and for `audience` when one is configured."""
-    try:
-        algorithm = jwt.get_unverified_header(token).get("alg")
-    except jwt.PyJWTError:
-        raise Unauthenticated("malformed token") from None
-    if algorithm != "HS256":
-        raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            secret,
-            algorithms=["HS256"],
-            audience=audience,
-            leeway=LEEWAY_SECONDS,
-            options={"require": ["exp"], "verify_aud": audience is not None},
-        )
-    except jwt.ExpiredSignatureError:
-        raise Unauthenticated("token expired") from None
-    except jwt.ImmatureSignatureError:
-        raise Unauthenticated("token not yet valid") from None
-    except jwt.InvalidAudienceError:
-        raise Unauthenticated("token audience not accepted") from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise Unauthenticated(f"token has no {exc.claim!r} claim") from None
-    except jwt.PyJWTError:
-        raise Unauthenticated("invalid token") from None
-    return claims
 
 
 def token_of(authorization: str | None, query_token: str | None) -> str | None:

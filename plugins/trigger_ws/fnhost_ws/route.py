@@ -22,7 +22,7 @@ from litestar.params import FromPath
 
 from fnhost.errors import FnhostError, Unauthenticated
 from fnhost_ws import frames
-from fnhost_ws.auth import LEEWAY_SECONDS, token_of
+from fnhost_ws.auth import token_of
 from fnhost_ws.events import run_event
 from fnhost_ws.frames import ChannelFrame, EventFrame, FrameError, PingFrame
 
@@ -80,7 +80,7 @@ async def _serve(
     sender = asyncio.create_task(connection.run_sender(socket.send_text, close))
     reader = asyncio.create_task(_read(trigger, socket, connection))
     ended = asyncio.create_task(connection.ended.wait())
-    expiry = _close_at_expiry(connection)
+    expiry = _close_at_expiry(connection, trigger.platform.end_users.leeway_seconds)
     connection.send(frames.connected(connection.id, connection.user is not None))
     try:
         await asyncio.wait({sender, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -105,12 +105,12 @@ def _sent_close(sender: asyncio.Task[None]) -> bool:
     return sender.done() and not sender.cancelled() and sender.exception() is None
 
 
-def _close_at_expiry(connection: Connection) -> asyncio.TimerHandle | None:
+def _close_at_expiry(connection: Connection, leeway: float) -> asyncio.TimerHandle | None:
     """ctx.user must not outlive the token: close the connection when it expires."""
     expires = (connection.user or {}).get("exp")
     if not isinstance(expires, int | float):
         return None
-    delay = max(0.0, expires + LEEWAY_SECONDS - time.time())
+    delay = max(0.0, expires + leeway - time.time())
 
     def expire() -> None:
         connection.send(frames.error("token expired"))

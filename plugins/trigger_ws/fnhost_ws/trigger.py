@@ -42,10 +42,6 @@ class WebSocketConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # ctx.user, a bad token connects anonymously); "required" closes connections without a
     # valid one (code 4401). An app whose settings say websocket.requireToken is "required".
     auth: Literal["none", "optional", "required"] = "optional"
-    # HS256 secret for every app on this server; when unset, each app's own keys (set with
-    # PUT /v1/{app_id}/settings) verify its tokens.
-    jwt_secret: str | None = None
-    jwt_audience: str | None = None
     max_frame_bytes: Positive = 64 * 1024  # larger client frames get an error frame
     max_publish_bytes: Positive = 256 * 1024  # larger ctx.publish data is dropped, logged
     send_queue_frames: Positive = 256  # frames waiting for a slow client, then it is closed

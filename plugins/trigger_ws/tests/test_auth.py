@@ -32,8 +32,12 @@ def alg_none_token() -> str:
 @pytest.fixture
 async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[LiveServer]:
     mode = getattr(request, "param", "required")
-    config = {"auth": mode, "jwt_secret": SECRET, "jwt_audience": AUDIENCE}
-    async with live_server(tmp_path, websocket=config) as started:
+    async with live_server(tmp_path, websocket={"auth": mode}) as started:
+        settings = {"auth": {"jwtSecret": SECRET, "audience": AUDIENCE}}
+        response = await started.api.client.put(
+            "/v1/demo/settings", json=settings, headers=started.api.headers
+        )
+        assert response.status_code == 200, response.text
         await started.api.deploy("whoami", ECHO, expect=201, trigger=ws_trigger("whoami"))
         yield started
 
