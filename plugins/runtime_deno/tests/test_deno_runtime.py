@@ -14,7 +14,7 @@ import pytest
 from fnhost.errors import CodeCheckFailed, ConfigError
 from fnhost.platform import Platform
 from fnhost.testing import RuntimeContract, make_config
-from fnhost.testing.runtime_contract import COUNTER, call, make_request, make_spec
+from fnhost.testing.runtime_contract import COUNTER, HELLO, call, make_request, make_spec
 from fnhost_deno.runtime import DenoRuntime
 from plugins.runtime_deno.tests.support import (
     deno_pids,
@@ -74,13 +74,19 @@ async def test_a_function_is_refused(runtime: DenoRuntime, attempt: str) -> None
 
 
 async def test_fnhost_data_dir_files_are_not_readable(runtime: DenoRuntime, tmp_path: Path) -> None:
-    secret = tmp_path / "data" / "admin.key"
-    secret.write_text("fnh_admin_secret")
-    bootstrap = tmp_path / "data" / "deno" / "bootstrap.ts"
-    for path in (secret, bootstrap):
-        attempt = f"return await Deno.readTextFile({json.dumps(str(path))});"
-        result = await call(runtime, make_spec(ATTEMPT % attempt))
-        assert result.body.startswith(b"refused: "), result.body
+    data = tmp_path / "data"
+    for name, content in [("admin.key", "fnh_admin_secret"), ("secret.key", "fernet-key")]:
+        (data / name).write_text(content)
+    (data / "fnhost.db").write_bytes(b"SQLite format 3\x00")
+    other = make_spec(HELLO, name="other")
+    await runtime.check(other)  # another function's code file exists now
+    other_code = next((data / "deno" / "functions" / "contract" / "other").glob("*/handler.ts"))
+    paths = ["admin.key", "secret.key", "fnhost.db", "deno/bootstrap.ts", "/proc/self/environ"]
+    for path in [data / p for p in paths] + [other_code]:
+        for read in ("Deno.readTextFile", "(await import('node:fs/promises')).readFile"):
+            attempt = f"return await {read}({json.dumps(str(path))});"
+            result = await call(runtime, make_spec(ATTEMPT % attempt))
+            assert result.body.startswith(b"refused: "), (path, result.body)
 
 
 async def test_network_is_allowed(runtime: DenoRuntime) -> None:

@@ -160,6 +160,17 @@ async def test_a_new_revision_retires_every_worker_of_the_old_one(tmp_path: Path
             await eventually(gone(pid))
 
 
+async def test_a_call_in_flight_on_a_superseded_revision_finishes(runtime: DenoRuntime) -> None:
+    old = make_spec(SLOW_PID.replace("String(Deno.pid)", '"old"'))
+    await runtime.check(old)
+    in_flight = asyncio.ensure_future(call(runtime, old))
+    await asyncio.sleep(0.1)
+    new = make_spec(SLOW_PID.replace("String(Deno.pid)", '"new"'), revision=2)
+    assert (await call(runtime, new)).body == b"new"
+    result = await in_flight
+    assert (result.outcome, result.body) == ("ok", b"old")
+
+
 def test_saturation_settings_have_defaults() -> None:
     config = DenoRuntime.Config()
     assert (config.max_concurrent_per_worker, config.max_workers_per_function) == (64, 4)
