@@ -19,7 +19,8 @@ AUDIENCE = "chat"
 
 def token(secret: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
     now = int(time.time())
-    payload = {"sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + 600, **claims}
+    # Long-lived: some tokens are made when tests are collected, maybe long before they run.
+    payload = {"sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + 6 * 3600, **claims}
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, algorithm)
 
 
@@ -74,7 +75,7 @@ async def test_required_accepts_a_valid_token_in_the_header_or_the_query(
         ({}, "an end-user token is required: Authorization: Bearer <token> or ?token="),
         ({"token": "not-a-jwt"}, "malformed token"),
         ({"token": token(exp=int(time.time()) - 60)}, "token expired"),
-        ({"token": token(nbf=int(time.time()) + 60)}, "token not yet valid"),
+        ({"token": token(nbf=int(time.time()) + 86400)}, "token not yet valid"),
         ({"token": token(aud="another-app")}, "token audience not accepted"),
         ({"token": token(aud=None)}, "token has no 'aud' claim"),
         ({"token": token(exp=None)}, "token has no 'exp' claim"),
