@@ -1,0 +1,8 @@
+"""tests/test_logs_metrics.py on a PostgreSQL store."""
+
+from fnhost.platform import Platform
+from tests.test_logs_metrics import *  # noqa: F403
+
+
+def test_these_api_tests_run_on_postgresql(platform: Platform) -> None:
+    assert platform.config.store.section("sql")["url"].startswith("postgresql")
