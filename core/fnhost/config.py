@@ -228,6 +228,8 @@ use = "sql"                 # the store plugin in use
 # url = "sqlite+aiosqlite:///.fnhost/fnhost.db"   # default: <data_dir>/fnhost.db
 # url = "postgresql+asyncpg://user@127.0.0.1:5432/fnhost"
 # url = "mysql+aiomysql://root@127.0.0.1:3306/fnhost"
+# pool_size = 10
+# timeout_seconds = 10.0    # connect / pool wait limit on PostgreSQL and MySQL (then 503)
 
 [runtime]
 use = "deno"                # or "docker"
@@ -235,6 +237,11 @@ use = "deno"                # or "docker"
 [runtime.deno]
 max_warm = 50               # warm workers kept, least recently used evicted
 idle_seconds = 300          # a worker idle this long is stopped
+# prewarm = true                  # start a function's worker at deploy
+# max_concurrent_per_worker = 64  # calls in flight before another worker is started
+# max_workers_per_function = 4
+# start_timeout_seconds = 30      # loading a function's module
+# v8_flags = []                   # extra V8 flags, e.g. ["--optimize-for-size"]
 
 [trigger.cron]              # the cron trigger plugin (fnhost-cron)
 misfire_grace_seconds = 30  # a fire time that cannot start within this is skipped

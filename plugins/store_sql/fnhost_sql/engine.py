@@ -22,8 +22,15 @@ def default_url(data_dir: str | Path) -> str:
     return f"sqlite+aiosqlite:///{Path(data_dir) / 'fnhost.db'}"
 
 
-def build_engine(url: str, *, pool_size: int, echo: bool) -> AsyncEngine:
-    """An engine for `url`. Does no I/O except creating a SQLite file's parent directory."""
+def build_engine(
+    url: str, *, pool_size: int, echo: bool, timeout_seconds: float = 10.0
+) -> AsyncEngine:
+    """An engine for `url`. Does no I/O except creating a SQLite file's parent directory.
+
+    On a server database, connecting, waiting for a pooled connection and (PostgreSQL)
+    each statement give up after `timeout_seconds`, so a network partition turns into
+    `Unavailable` (503) in seconds instead of the drivers' minute-long defaults.
+    """
     parsed = make_url(url)
     options: dict[str, Any] = {"echo": echo, "pool_pre_ping": parsed.get_backend_name() != "sqlite"}
     if parsed.get_backend_name() in ("mysql", "mariadb") and "charset" not in parsed.query:
@@ -36,7 +43,18 @@ def build_engine(url: str, *, pool_size: int, echo: bool) -> AsyncEngine:
         engine = create_async_engine(parsed, **options)
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(parsed, pool_size=pool_size, **options)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        connect_args = {"timeout": timeout_seconds, "command_timeout": timeout_seconds * 3}
+    else:
+        connect_args = {"connect_timeout": max(1, round(timeout_seconds))}
+    return create_async_engine(
+        parsed,
+        pool_size=pool_size,
+        pool_timeout=timeout_seconds,
+        connect_args=connect_args,
+        **options,
+    )
 
 
 def _is_file_database(url: URL) -> bool:

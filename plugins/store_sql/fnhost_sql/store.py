@@ -57,6 +57,8 @@ class SqlStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     url: str | None = None
     pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
     echo: bool = False  # log every SQL statement
+    # PostgreSQL/MySQL: connect and pool-wait limit; PostgreSQL statements get 3 times it.
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
 class SqlStore(Store):
@@ -81,7 +83,12 @@ class SqlStore(Store):
     async def start(self) -> None:
         where = _redacted(self.url)
         try:
-            engine = build_engine(self.url, pool_size=self.config.pool_size, echo=self.config.echo)
+            engine = build_engine(
+                self.url,
+                pool_size=self.config.pool_size,
+                echo=self.config.echo,
+                timeout_seconds=self.config.timeout_seconds,
+            )
         except (ArgumentError, InvalidRequestError, ImportError) as exc:
             raise ConfigError(
                 f"store.sql.url: cannot use {where} ({exc}); expected sqlite+aiosqlite://, "
