@@ -257,3 +257,36 @@ async def test_test_invoke_of_a_cron_function(api: Api) -> None:
     assert result["status_code"] == 200
     trigger = __import__("json").loads(result["body"])
     assert trigger["type"] == "cron" and trigger["schedule"] == "0 0 * * *"
+
+
+WAIT_UNTIL = """export default (req, ctx) => {
+  console.log('before the response');
+  ctx.waitUntil(new Promise((resolve) => setTimeout(() => {
+    console.log('after the response');
+    resolve();
+  }, 300)));
+  return new Response('answered');
+}"""
+
+
+async def test_wait_until_runs_after_the_response_and_lands_in_the_same_record(api: Api) -> None:
+    await api.deploy("later", WAIT_UNTIL, expect=201)
+    started = asyncio.get_running_loop().time()
+    response = await api.call("later")
+    assert response.text == "answered"
+    assert asyncio.get_running_loop().time() - started < 0.3  # not held by the waitUntil work
+    for _ in range(50):
+        records = await api.logs("later")
+        if records:
+            break
+        await asyncio.sleep(0.1)
+    [record] = records
+    assert [line["message"] for line in record["logs"]] == [
+        "before the response",
+        "after the response",
+    ]
+    invoked = (await api.invoke("later")).json()
+    assert [line["message"] for line in invoked["logs"]] == [
+        "before the response",
+        "after the response",
+    ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -96,6 +96,9 @@ class InvocationResult(msgspec.Struct, kw_only=True):
     memory_mb: float = 0.0
     logs: list[LogLine] = msgspec.field(default_factory=list)
     stream: AsyncIterator[bytes] | None = None
+    # Console lines that ctx.waitUntil work prints after the result, once it settles (the
+    # runtime resolves it by the invocation's timeout); the core adds them to the record.
+    late_logs: Awaitable[list[LogLine]] | None = None
 
 
 class InvocationRecord(msgspec.Struct, kw_only=True, frozen=True):

@@ -43,6 +43,7 @@ MAX_DEPLOY_RETRIES = 5
 MAX_CACHED_DEFINITIONS = 10_000
 STALE_READ_SECONDS = 2.0
 RETENTION_INTERVAL_SECONDS = 3600
+LATE_LOGS_MARGIN_S = 5.0
 
 
 def utcnow() -> datetime:
@@ -55,6 +56,7 @@ class FunctionService:
         self.records = RecordWriter(platform)
         self.limits = platform.config.limits
         self.in_flight = ConcurrencyLimiter(self.limits.max_concurrent_per_function)
+        self._late_records: set[asyncio.Task[None]] = set()
         self._specs: dict[tuple[str, str], FunctionSpec] = {}
         self._definitions: dict[tuple[str, str], tuple[float, StoredFunction | None]] = {}
 
@@ -69,6 +71,8 @@ class FunctionService:
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention
+        if self._late_records:  # records still waiting for waitUntil work: the runtime
+            await asyncio.wait(self._late_records, timeout=LATE_LOGS_MARGIN_S)  # ends it soon
         await self.records.stop()
 
     async def enforce_retention(self) -> int:
@@ -346,9 +350,47 @@ class FunctionService:
             result.stream = None
         if not result.duration_ms:
             result.duration_ms = (time.perf_counter() - clock) * 1000
+        if result.late_logs is not None:
+            if not buffer:
+                # ctx.waitUntil work is still running: answer now, record once it settles.
+                task = asyncio.create_task(
+                    self._finish_after_late_logs(result, function, request, trigger, path, started)
+                )
+                self._late_records.add(task)
+                task.add_done_callback(self._late_records.discard)
+                return result, self._record(result, function, request, trigger, path, started)
+            await self._add_late_logs(result, function)
         record = self._record(result, function, request, trigger, path, started)
         await self._finish(function, record)
         return result, record
+
+    async def _add_late_logs(self, result: InvocationResult, function: StoredFunction) -> None:
+        late, result.late_logs = result.late_logs, None
+        if late is None:
+            return
+        try:  # the runtime settles it by the timeout; the margin guards against a runtime bug
+            result.logs = [
+                *result.logs,
+                *await asyncio.wait_for(
+                    asyncio.ensure_future(late), function.timeout_ms / 1000 + LATE_LOGS_MARGIN_S
+                ),
+            ]
+        except TimeoutError:
+            result.logs = [*result.logs, LogLine("warn", "[fnhost] waitUntil logs lost", utcnow())]
+
+    async def _finish_after_late_logs(
+        self,
+        result: InvocationResult,
+        function: StoredFunction,
+        request: InvocationRequest,
+        trigger: str,
+        path: str,
+        started: datetime,
+    ) -> None:
+        await self._add_late_logs(result, function)
+        await self._finish(
+            function, self._record(result, function, request, trigger, path, started)
+        )
 
     async def _recorded_stream(
         self,
@@ -367,9 +409,12 @@ class FunctionService:
         finally:
             if not result.duration_ms:
                 result.duration_ms = (time.perf_counter() - clock) * 1000
-            record = self._record(result, function, request, trigger, path, started)
             # Shielded: a caller that disconnects mid-stream cancels us, not the record.
-            await asyncio.shield(asyncio.ensure_future(self._finish(function, record)))
+            await asyncio.shield(
+                asyncio.ensure_future(
+                    self._finish_after_late_logs(result, function, request, trigger, path, started)
+                )
+            )
 
     def _record(
         self,

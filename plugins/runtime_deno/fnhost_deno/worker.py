@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,6 +127,8 @@ class DenoWorker:
         # flight (cheaper than a timer per call, set and cancelled thousands of times/s).
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._background: dict[int, float] = {}  # call id -> deadline of its waitUntil work
+        # call id -> the console lines its waitUntil work prints after the result
+        self._late_logs: dict[int, asyncio.Future[list[LogLine]]] = {}
         self._quiet = asyncio.Event()  # set when nothing is in flight
         self._ids = itertools.count()
 
@@ -151,6 +154,7 @@ class DenoWorker:
             now = time.monotonic()
             for key in [k for k, deadline in self._background.items() if deadline <= now]:
                 del self._background[key]
+                self._settle_late_logs(key, [_late_line("waitUntil work outlived the timeout")])
         return bool(self._waiting or self._calls or self._background)
 
     def runs(self, function: FunctionSpec) -> bool:
@@ -448,6 +452,10 @@ class DenoWorker:
                         InvocationResult(outcome=death.outcome, error=death.message)
                     )
         self._background.clear()
+        for key in list(self._late_logs):
+            self._settle_late_logs(
+                key, [_late_line("the worker stopped before waitUntil work ended")]
+            )
         self._quiet.set()
 
     def _dispatch(self, message: WorkerMessage, body: bytes) -> None:
@@ -471,6 +479,7 @@ class DenoWorker:
                 call.future.set_result(self._timeout_result(call, message.logs))
         elif isinstance(message, Settled):
             self._background.pop(message.id, None)
+            self._settle_late_logs(message.id, message.logs)
             self._note_progress()
         elif isinstance(message, Publish):
             if self.settings.publish is not None:
@@ -478,14 +487,34 @@ class DenoWorker:
         elif self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(message)
 
-    def _note_pending(self, call_id: int, call: _Call | None, pending: bool) -> None:
-        if pending:
-            deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
-            self._background[call_id] = deadline
+    def _note_pending(
+        self, call_id: int, call: _Call | None, pending: bool
+    ) -> asyncio.Future[list[LogLine]] | None:
+        """Track waitUntil work still running; return the future of its later console lines."""
+        if not pending:
+            return None
+        deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
+        self._background[call_id] = deadline
+        late: asyncio.Future[list[LogLine]] = asyncio.get_running_loop().create_future()
+        self._late_logs[call_id] = late
+        asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()) + 0.05, self._expire_background, call_id
+        )
+        return late
+
+    def _expire_background(self, call_id: int) -> None:
+        if self._late_logs.get(call_id) is not None:
+            self._background.pop(call_id, None)
+            self._settle_late_logs(call_id, [_late_line("waitUntil work outlived the timeout")])
+
+    def _settle_late_logs(self, call_id: int, logs: list[LogLine]) -> None:
+        late = self._late_logs.pop(call_id, None)
+        if late is not None and not late.done():
+            late.set_result(logs)
 
     def _on_result(self, message: Result, body: bytes) -> None:
         call = self._calls.get(message.id)
-        self._note_pending(message.id, call, message.pending)
+        late_logs = self._note_pending(message.id, call, message.pending)
         if call is None or call.future.done():
             return
         if call.timed_out:
@@ -502,6 +531,7 @@ class DenoWorker:
                 error=message.error,
                 logs=message.logs,
                 memory_mb=round(message.rss / MiB, 1),
+                late_logs=late_logs,
             )
             if message.stream:
                 call.stream = _Stream(result)
@@ -522,9 +552,10 @@ class DenoWorker:
 
     def _on_end(self, message: End) -> None:
         call = self._calls.get(message.id)
-        self._note_pending(message.id, call, message.pending)
+        late_logs = self._note_pending(message.id, call, message.pending)
         if call is None or call.stream is None or call.stream.ended:
             return
+        call.stream.result.late_logs = late_logs
         if call.timed_out:
             self._end_stream(
                 message.id, call, "timeout", self._timeout_error(call), message.logs, message.rss
@@ -552,3 +583,7 @@ class DenoWorker:
 def _last_line(stderr_tail: bytes) -> str:
     lines = stderr_tail.decode(errors="replace").strip().splitlines()
     return _PATH.sub(r"\1", lines[-1].strip())[:500] if lines else ""
+
+
+def _late_line(message: str) -> LogLine:
+    return LogLine("warn", f"[fnhost] {message}", datetime.now(UTC))

@@ -26,7 +26,8 @@ interface Invocation {
   logs: LogLine[];
   logBytes: number;
   waits: Promise<unknown>[];
-  finished: boolean; // result sent: later output has nowhere to go
+  finished: boolean; // result sent: later output goes with the "settled" frame
+  sentLogs: number; // lines already sent with the result
   controller: AbortController;
   indent: string; // console.group nesting
   stopStream?: () => void; // while its body streams: cancel the body's reader
@@ -216,7 +217,8 @@ function format(args: unknown[]): string {
 }
 
 function record(invocation: Invocation | undefined, level: Level, message: string): void {
-  if (!invocation || invocation.finished) return; // top-level module code, or too late
+  // Top-level module code, or after the result with no waitUntil work left to wait for.
+  if (!invocation || (invocation.finished && invocation.waits.length === 0)) return;
   if (invocation.logBytes >= LOG_LIMIT_BYTES) return;
   const indent = invocation.indent;
   message = neutral(indent ? message.replace(/^/gm, indent) : message);
@@ -636,6 +638,7 @@ async function call(invocation: Invocation, header: Header, body: Uint8Array): P
 // The last frame of an invocation: "result" (with the whole body) or "end" (of a stream).
 function finish(invocation: Invocation, type: string, result: Header, body: Uint8Array): void {
   invocation.finished = true;
+  invocation.sentLogs = invocation.logs.length;
   invocations.delete(invocation.id);
   const pending = invocation.waits.length > 0;
   const header = {
@@ -654,7 +657,10 @@ function finish(invocation: Invocation, type: string, result: Header, body: Uint
     sendEncoded(head, body);
   }
   if (pending) {
-    void Promise.allSettled(invocation.waits).then(() => send({ t: "settled", id: invocation.id }));
+    // waitUntil work's console lines go to the same invocation record, in this frame.
+    void Promise.allSettled(invocation.waits).then(() =>
+      send({ t: "settled", id: invocation.id, logs: invocation.logs.slice(invocation.sentLogs) }),
+    );
   }
 }
 
@@ -693,6 +699,7 @@ function start(header: Header, body: Uint8Array): void {
     id: Number(header.id),
     logs: [],
     logBytes: 0,
+    sentLogs: 0,
     waits: [],
     finished: false,
     controller: new AbortController(),

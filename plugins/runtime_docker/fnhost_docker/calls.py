@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from fnhost.models import InvocationResult, LogLine, Outcome
@@ -74,6 +75,8 @@ class CallTable:
         self._body_limit = body_limit
         self._calls: dict[int, _Call] = {}
         self._background: dict[int, float] = {}  # call id -> deadline of its waitUntil work
+        # call id -> the console lines its waitUntil work prints after the result
+        self._late_logs: dict[int, asyncio.Future[list[LogLine]]] = {}
         self._ids = itertools.count()
         self.quiet = asyncio.Event()  # set whenever nothing is in flight
         self.last_used = time.monotonic()
@@ -93,6 +96,7 @@ class CallTable:
             now = time.monotonic()
             for key in [k for k, deadline in self._background.items() if deadline <= now]:
                 del self._background[key]
+                self._settle_late_logs(key, [_late_line("waitUntil work outlived the timeout")])
         return bool(self._calls or self._background)
 
     def note_progress(self) -> None:
@@ -199,7 +203,7 @@ class CallTable:
 
     def on_result(self, message: Result, body: bytes) -> None:
         call = self._calls.get(message.id)
-        self._note_pending(message.id, call, message.pending)
+        late_logs = self._note_pending(message.id, call, message.pending)
         if call is None or call.future.done():
             return
         if call.timed_out:
@@ -213,6 +217,7 @@ class CallTable:
             error=message.error,
             logs=message.logs,
             memory_mb=round(message.rss / MiB, 1),
+            late_logs=late_logs,
         )
         if message.stream:
             call.stream = _Stream(result)
@@ -233,9 +238,10 @@ class CallTable:
 
     def on_end(self, message: End) -> None:
         call = self._calls.get(message.id)
-        self._note_pending(message.id, call, message.pending)
+        late_logs = self._note_pending(message.id, call, message.pending)
         if call is None or call.stream is None or call.stream.ended:
             return
+        call.stream.result.late_logs = late_logs
         error: str | None
         if call.timed_out:
             outcome: Outcome = "timeout"
@@ -259,12 +265,32 @@ class CallTable:
 
     def on_settled(self, message: Settled) -> None:
         self._background.pop(message.id, None)
+        self._settle_late_logs(message.id, message.logs)
         self.note_progress()
 
-    def _note_pending(self, call_id: int, call: _Call | None, pending: bool) -> None:
-        if pending:
-            deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
-            self._background[call_id] = deadline
+    def _note_pending(
+        self, call_id: int, call: _Call | None, pending: bool
+    ) -> asyncio.Future[list[LogLine]] | None:
+        """Track waitUntil work still running; return the future of its later console lines."""
+        if not pending:
+            return None
+        deadline = time.monotonic() + (call.timeout_ms if call else 0) / 1000
+        self._background[call_id] = deadline
+        loop = asyncio.get_running_loop()
+        late: asyncio.Future[list[LogLine]] = loop.create_future()
+        self._late_logs[call_id] = late
+        loop.call_later(max(0.0, deadline - time.monotonic()) + 0.05, self._expire, call_id)
+        return late
+
+    def _expire(self, call_id: int) -> None:
+        if self._late_logs.get(call_id) is not None:
+            self._background.pop(call_id, None)
+            self._settle_late_logs(call_id, [_late_line("waitUntil work outlived the timeout")])
+
+    def _settle_late_logs(self, call_id: int, logs: list[LogLine]) -> None:
+        late = self._late_logs.pop(call_id, None)
+        if late is not None and not late.done():
+            late.set_result(logs)
 
     # ---- the container is gone -------------------------------------------------------
 
@@ -284,4 +310,12 @@ class CallTable:
                         InvocationResult(outcome=death.outcome, error=death.message)
                     )
         self._background.clear()
+        for key in list(self._late_logs):
+            self._settle_late_logs(
+                key, [_late_line("the container stopped before waitUntil ended")]
+            )
         self.quiet.set()
+
+
+def _late_line(message: str) -> LogLine:
+    return LogLine("warn", f"[fnhost] {message}", datetime.now(UTC))

@@ -106,9 +106,11 @@ class Cancelled(msgspec.Struct, tag="cancelled", tag_field="t"):
 
 
 class Settled(msgspec.Struct, tag="settled", tag_field="t"):
-    """Every waitUntil promise of that invocation has settled."""
+    """Every waitUntil promise of that invocation has settled; `logs` are the console lines
+    of that work printed after the result was sent."""
 
     id: int
+    logs: list[LogLine] = msgspec.field(default_factory=list)
 
 
 class Publish(msgspec.Struct, tag="publish", tag_field="t"):
