@@ -98,6 +98,10 @@ class Store(PluginObject, ABC):
         """
 
     @abstractmethod
+    async def count_functions(self, app_id: str) -> int:
+        """How many functions the app has, without loading them."""
+
+    @abstractmethod
     async def delete_function(self, app_id: str, name: str) -> bool:
         """Delete a function with its versions, env vars and invocation records."""
 

@@ -202,7 +202,7 @@ class FunctionService:
 
     async def _check_function_count(self, app_id: str) -> None:
         limit = self.limits.max_functions_per_app
-        if limit and len(await self.platform.store.list_functions(app_id)) >= limit:
+        if limit and await self.platform.store.count_functions(app_id) >= limit:
             raise Conflict(f"app {app_id!r} has reached limits.max_functions_per_app ({limit})")
 
     async def get(self, app_id: str, name: str) -> StoredFunction:

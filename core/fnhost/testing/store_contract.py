@@ -307,6 +307,16 @@ class StoreContract:
         assert [f.name for f in await store.list_functions("app2")] == ["three"]
         assert await store.list_functions("app3") == []
 
+    async def test_count_functions_per_app(self, store: Store) -> None:
+        await store.save_function(make_function("app1", "one"), None)
+        await store.save_function(make_function("app1", "two"), None)
+        await store.save_function(make_function("app2", "three"), None)
+        assert await store.count_functions("app1") == 2
+        assert await store.count_functions("app2") == 1
+        assert await store.count_functions("app3") == 0
+        await store.delete_function("app1", "one")
+        assert await store.count_functions("app1") == 1
+
     async def test_list_returns_whole_functions_with_env(self, store: Store) -> None:
         first = make_function(name="first", encrypted_env={"K": "gAAAA-1"}, description="d")
         second = make_function(name="second", triggers=(TriggerSpec("websocket", {"event": "e"}),))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from sqlalchemy import Insert, Table, delete, insert, select, update
+from sqlalchemy import Insert, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -186,6 +186,13 @@ class SqlStore(Store):
             )
             rows = result.mappings().all()
         return [convert.function_from_row(row) for row in rows]
+
+    async def count_functions(self, app_id: str) -> int:
+        async with self._reading() as connection:
+            count = await connection.scalar(
+                select(func.count()).select_from(functions).where(functions.c.app_id == app_id)
+            )
+        return int(count or 0)
 
     async def delete_function(self, app_id: str, name: str) -> bool:
         async with self._writing() as connection:
