@@ -11,8 +11,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -340,12 +341,14 @@ class FunctionService:
             result = InvocationResult(
                 outcome="crash", error=f"runtime failure: {type(exc).__name__}"
             )
+        # The result is updated in place (stream end, late logs), so this always reads it whole.
+        make_record = partial(self._record, result, function, request, trigger, path, started)
         if result.stream is not None:
             if not buffer:
                 result.stream = self._recorded_stream(
-                    result.stream, result, function, request, trigger, path, started, clock
+                    result.stream, result, function, make_record, clock
                 )
-                return result, self._record(result, function, request, trigger, path, started)
+                return result, make_record()
             result.body = b"".join([chunk async for chunk in result.stream])
             result.stream = None
         if not result.duration_ms:
@@ -354,13 +357,13 @@ class FunctionService:
             if not buffer:
                 # ctx.waitUntil work is still running: answer now, record once it settles.
                 task = asyncio.create_task(
-                    self._finish_after_late_logs(result, function, request, trigger, path, started)
+                    self._finish_after_late_logs(result, function, make_record)
                 )
                 self._late_records.add(task)
                 task.add_done_callback(self._late_records.discard)
-                return result, self._record(result, function, request, trigger, path, started)
+                return result, make_record()
             await self._add_late_logs(result, function)
-        record = self._record(result, function, request, trigger, path, started)
+        record = make_record()
         await self._finish(function, record)
         return result, record
 
@@ -382,25 +385,17 @@ class FunctionService:
         self,
         result: InvocationResult,
         function: StoredFunction,
-        request: InvocationRequest,
-        trigger: str,
-        path: str,
-        started: datetime,
+        make_record: Callable[[], InvocationRecord],
     ) -> None:
         await self._add_late_logs(result, function)
-        await self._finish(
-            function, self._record(result, function, request, trigger, path, started)
-        )
+        await self._finish(function, make_record())
 
     async def _recorded_stream(
         self,
         chunks: AsyncIterator[bytes],
         result: InvocationResult,
         function: StoredFunction,
-        request: InvocationRequest,
-        trigger: str,
-        path: str,
-        started: datetime,
+        make_record: Callable[[], InvocationRecord],
         clock: float,
     ) -> AsyncIterator[bytes]:
         try:
@@ -411,9 +406,7 @@ class FunctionService:
                 result.duration_ms = (time.perf_counter() - clock) * 1000
             # Shielded: a caller that disconnects mid-stream cancels us, not the record.
             await asyncio.shield(
-                asyncio.ensure_future(
-                    self._finish_after_late_logs(result, function, request, trigger, path, started)
-                )
+                asyncio.ensure_future(self._finish_after_late_logs(result, function, make_record))
             )
 
     def _record(
