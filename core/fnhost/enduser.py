@@ -117,14 +117,24 @@ class EndUserAuth:
     async def user_of(
         self, app_id: str, authorization: str | None, mode: str
     ) -> dict[str, Any] | None:
+        """ctx.user of an http call with an `Authorization` header (see `user_for_token`)."""
+        return await self.user_for_token(
+            app_id,
+            bearer_token(authorization),
+            mode,
+            missing="this function requires an end-user token (Bearer)",
+        )
+
+    async def user_for_token(
+        self, app_id: str, token: str | None, mode: str, missing: str
+    ) -> dict[str, Any] | None:
         """ctx.user for an auth mode: "none" -> None; "optional" -> claims or None;
-        "required" -> claims, or Unauthenticated."""
+        "required" -> claims, or Unauthenticated (with `missing` when there is no token)."""
         if mode == "none":
             return None
-        token = bearer_token(authorization)
         if token is None:
             if mode == "required":
-                raise Unauthenticated("this function requires an end-user token (Bearer)")
+                raise Unauthenticated(missing)
             return None
         try:
             return await self.verify(app_id, token)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from fnhost.errors import Unauthenticated
-
 if TYPE_CHECKING:
     from fnhost.platform import Platform
     from fnhost_ws.trigger import WebSocketConfig
@@ -30,21 +28,12 @@ class ConnectionAuth:
 
         Raise `Unauthenticated` (saying why) when the app requires a valid token.
         """
-        mode = await self.mode_of(app_id)
-        if mode == "none":
-            return None
-        if token is None:
-            if mode == "required":
-                raise Unauthenticated(
-                    "an end-user token is required: Authorization: Bearer <token> or ?token="
-                )
-            return None
-        try:
-            return await self.verify(app_id, token)
-        except Unauthenticated:
-            if mode == "required":
-                raise
-            return None
+        return await self._platform.end_users.user_for_token(
+            app_id,
+            token,
+            await self.mode_of(app_id),
+            missing="an end-user token is required: Authorization: Bearer <token> or ?token=",
+        )
 
     async def mode_of(self, app_id: str) -> Mode:
         if self._config.auth == "required":
@@ -54,11 +43,6 @@ class ConnectionAuth:
         if isinstance(settings, dict) and settings.get("requireToken"):
             return "required"
         return self._config.auth
-
-    async def verify(self, app_id: str, token: str) -> dict[str, Any]:
-        """Claims of a token valid for the app's own keys (the core's end-user verifier)."""
-        claims: dict[str, Any] = await self._platform.end_users.verify(app_id, token)
-        return claims
 
 
 def token_of(authorization: str | None, query_token: str | None) -> str | None:
