@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 
 from fnhost.enduser import AuthSettings
+from fnhost.models import FunctionMetrics
 
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=300_000)]
 MemoryLimitMb = Annotated[int, msgspec.Meta(ge=64, le=1024)]
@@ -59,16 +60,6 @@ class InvokeResponse(msgspec.Struct, kw_only=True):
     invocation_id: str
 
 
-class MetricsView(msgspec.Struct, kw_only=True):
-    total_invocations: int
-    error_count: int
-    error_rate: float
-    avg_duration_ms: float
-    p50_duration_ms: float
-    p95_duration_ms: float
-    last_invocation: str | None
-
-
 class FunctionView(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str
     description: str
@@ -82,7 +73,7 @@ class FunctionView(msgspec.Struct, kw_only=True, omit_defaults=True):
     updatedAt: str
     url: str | None
     code: str | None = None
-    metrics: MetricsView | None = None
+    metrics: FunctionMetrics | None = None  # encodes as the wire shape (ISO 8601 times)
 
 
 class FunctionList(msgspec.Struct):

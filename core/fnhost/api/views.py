@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fnhost.models import FunctionDefinition, FunctionMetrics, InvocationRecord, LogLine
-from fnhost.schemas import FunctionView, LogLineView, LogRecordView, MetricsView
+from fnhost.schemas import FunctionView, LogLineView, LogRecordView
 
 if TYPE_CHECKING:
     from fnhost.platform import Platform
@@ -46,19 +46,7 @@ def function_view(
         updatedAt=iso(function.updated_at),
         url=f"{base_url.rstrip('/')}/v1/{function.app_id}/fn/{function.name}" if has_http else None,
         code=function.code if with_code else None,
-        metrics=metrics_view(metrics) if metrics is not None else None,
-    )
-
-
-def metrics_view(metrics: FunctionMetrics) -> MetricsView:
-    return MetricsView(
-        total_invocations=metrics.total_invocations,
-        error_count=metrics.error_count,
-        error_rate=metrics.error_rate,
-        avg_duration_ms=metrics.avg_duration_ms,
-        p50_duration_ms=metrics.p50_duration_ms,
-        p95_duration_ms=metrics.p95_duration_ms,
-        last_invocation=iso(metrics.last_invocation) if metrics.last_invocation else None,
+        metrics=metrics,
     )
 
 
