@@ -38,6 +38,7 @@ HOP_BY_HOP = frozenset(
 )
 # Set by fnhost from the connection; what a caller sends under these names is replaced.
 FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+NOT_FORWARDED = HOP_BY_HOP | FORWARDED
 FAILURE_MESSAGES = {
     "error": "the function threw an error",
     "bad_return": "the function did not return a Response",
@@ -170,9 +171,9 @@ def _function_url(request: Request[Any, Any, Any], path: str) -> str:
 
 def _forwarded_headers(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
     headers = [
-        (key.decode("latin-1"), value.decode("latin-1"))
+        (name, value.decode("latin-1"))
         for key, value in request.scope["headers"]
-        if key.decode("latin-1").lower() not in HOP_BY_HOP | FORWARDED
+        if (name := key.decode("latin-1")).lower() not in NOT_FORWARDED
     ]
     client = request.client.host if request.client else ""
     prior = request.headers.get("x-forwarded-for")
