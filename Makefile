@@ -1,12 +1,14 @@
 # `make run` and `make test` set up on a fresh machine: uv (from PyPI if missing), then uv sync.
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# Recursive (=) so it is looked up again after setup installs uv; pip may put the
+# uv script anywhere (pyenv, ~/.local/bin), but `python3 -m uv` finds it either way.
+UV = $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint bench
 
 setup:
-	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv
 	@$(UV) sync --all-extras --quiet
 
 run: setup
