@@ -20,7 +20,7 @@ test: setup
 lint: setup
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy core/fnhost plugins/*/fnhost_*
+	$(UV) run mypy core/fnhost libs/*/fnhost_* plugins/*/fnhost_*
 
 bench: setup
 	$(UV) run python bench/run.py

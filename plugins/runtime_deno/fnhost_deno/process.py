@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, cast
 
-from fnhost_deno.protocol import FrameParser, ProtocolError, WorkerMessage
+from fnhost_deno_worker.protocol import FrameParser, ProtocolError, WorkerMessage
 
 STDERR_TAIL_BYTES = 4096
 # A frame this big is written at once rather than joined with others.

@@ -1,8 +1,8 @@
 """The "deno" runtime: warm Deno worker processes, per function revision.
 
-What a function sees (see `bootstrap.ts`): `handler(req, ctx)` with a Web `Request`,
-`ctx = {env, user, trigger, waitUntil, publish}`; its own env vars through `ctx.env`,
-`Deno.env` and `process.env` (a shim: the process environment itself is empty and
+What a function sees (see fnhost_deno_worker's `bootstrap.ts`): `handler(req, ctx)` with a
+Web `Request`, `ctx = {env, user, trigger, waitUntil, publish}`; its own env vars through
+`ctx.env`, `Deno.env` and `process.env` (a shim: the process environment itself is empty and
 unreadable); the network, and no file, subprocess, FFI or system-info access. Console
 output is attributed to the invocation that made it, also when calls run concurrently in
 one worker. A response body that is complete when the handler returns comes back whole;
@@ -31,7 +31,6 @@ import logging
 import shutil
 import time
 from collections import OrderedDict, deque
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -41,7 +40,9 @@ from fnhost.config import MiB
 from fnhost.contracts import Runtime
 from fnhost.errors import CodeCheckFailed, ConfigError, TooLarge, Unavailable
 from fnhost.models import FunctionDefinition, FunctionSpec, InvocationRequest, InvocationResult
-from fnhost_deno.worker import DenoWorker, WorkerLoadFailed, WorkerSettings
+from fnhost_deno.worker import DenoWorker, WorkerSettings
+from fnhost_deno_worker import BOOTSTRAP
+from fnhost_deno_worker.worker import LoadFailed
 
 if TYPE_CHECKING:
     from fnhost.platform import Platform
@@ -164,7 +165,7 @@ class DenoRuntime(Runtime):
         key, worker = self._worker_for(function)
         try:
             await worker.ready()
-        except WorkerLoadFailed as exc:
+        except LoadFailed as exc:
             self._retire(key, worker)
             raise CodeCheckFailed(exc.message) from None
         if not self.config.prewarm:
@@ -182,7 +183,7 @@ class DenoRuntime(Runtime):
         self._busy.set()
         try:
             return await worker.invoke(request, function.timeout_ms)
-        except WorkerLoadFailed as exc:
+        except LoadFailed as exc:
             self._retire(key, worker)
             return InvocationResult(
                 outcome="crash" if exc.crashed else "error",
@@ -363,7 +364,7 @@ def _prepare_workdir(data_dir: str) -> tuple[Path, Path]:
     functions.mkdir(parents=True)
     deno_dir.mkdir(exist_ok=True)
     bootstrap = workdir / "bootstrap.ts"
-    source = resources.files("fnhost_deno").joinpath("bootstrap.ts").read_text()
+    source = BOOTSTRAP.read_text()
     if not bootstrap.exists() or bootstrap.read_text() != source:
         bootstrap.write_text(source)
     return workdir, bootstrap

@@ -18,10 +18,11 @@ import subprocess
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import fnhost_deno_worker
 from fnhost.errors import ConfigError, Unavailable
 
 log = logging.getLogger("fnhost.docker")
@@ -62,7 +63,7 @@ class RuntimeImage:
             repository=repository,
             deno_binary=binary,
             deno_version=metadata.version("deno"),
-            bootstrap=resources.files("fnhost_docker").joinpath("bootstrap.ts").read_text(),
+            bootstrap=fnhost_deno_worker.BOOTSTRAP.read_text(),
             base_image=base_image,
         )
 

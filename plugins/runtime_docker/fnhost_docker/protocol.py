@@ -1,13 +1,10 @@
-"""The frames exchanged with a function container's bootstrap, and the engine's attach stream
-that carries them.
+"""The engine's attach stream to a function container, which carries the Deno worker's
+frames (`fnhost_deno_worker.protocol`).
 
 fnhost writes frames to the container's stdin and reads them from its stdout, both attached
-through the engine (so no port is published and a remote engine works the same). A frame is
-`u32 BE header length | u32 BE body length | JSON header | raw body`: the header is a small
-msgspec-encoded message, the body stays raw bytes. Without a TTY the engine multiplexes the
-container's stdout and stderr on the attach stream in its own chunks
-(`u8 stream | 3 zero bytes | u32 BE size | payload`); `AttachedStream` undoes that.
-`bootstrap.ts` is the other end of this module.
+through the engine (so no port is published and a remote engine works the same). Without a
+TTY the engine multiplexes the container's stdout and stderr on the attach stream in its own
+chunks (`u8 stream | 3 zero bytes | u32 BE size | payload`); `AttachedStream` undoes that.
 """
 
 from __future__ import annotations
@@ -15,122 +12,11 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable
-from typing import Any
 
-import msgspec
+from fnhost_deno_worker.protocol import FrameParser, ProtocolError, WorkerMessage
 
-from fnhost.models import LogLine, Outcome
-
-PREFIX = struct.Struct(">II")
 ENGINE_CHUNK = struct.Struct(">BxxxI")
 STDOUT, STDERR = 1, 2
-
-
-class ProtocolError(Exception):
-    """The container sent something that is not a valid frame; it cannot be trusted further."""
-
-
-# ---- fnhost -> container ------------------------------------------------------------
-
-
-class Init(msgspec.Struct, tag="init", tag_field="t"):
-    """First frame: the function's code and its own env vars."""
-
-    code: str
-    env: dict[str, str]
-    body_limit: int
-    frame_limit: int
-
-
-class Invoke(msgspec.Struct, tag="invoke", tag_field="t"):
-    id: int
-    method: str
-    url: str
-    headers: list[tuple[str, str]]
-    trigger: dict[str, Any]
-    user: dict[str, Any] | None
-
-
-class Cancel(msgspec.Struct, tag="cancel", tag_field="t"):
-    """The invocation is past its timeout: abort it and answer with its logs so far."""
-
-    id: int
-
-
-# ---- container -> fnhost ------------------------------------------------------------
-
-
-class Ready(msgspec.Struct, tag="ready", tag_field="t"):
-    rss: int = 0
-
-
-class LoadError(msgspec.Struct, tag="load_error", tag_field="t"):
-    message: str
-
-
-class Result(msgspec.Struct, tag="result", tag_field="t"):
-    """The function's answer: the whole body follows the header, or, with `stream`, only
-    the status and headers; then the body comes in Chunk frames, closed by an End frame."""
-
-    id: int
-    outcome: Outcome
-    status: int = 200
-    headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
-    error: str | None = None
-    logs: list[LogLine] = msgspec.field(default_factory=list)
-    rss: int = 0  # the Deno process's RSS in bytes after the call
-    pending: bool = False  # waitUntil work still running; a Settled frame follows
-    stream: bool = False
-
-
-class Chunk(msgspec.Struct, tag="chunk", tag_field="t"):
-    """A piece of a streamed body (the frame's body), as the function produced it."""
-
-    id: int
-
-
-class End(msgspec.Struct, tag="end", tag_field="t"):
-    """The end of a streamed body: how the invocation ended, and its logs."""
-
-    id: int
-    outcome: Outcome
-    error: str | None = None
-    logs: list[LogLine] = msgspec.field(default_factory=list)
-    rss: int = 0
-    pending: bool = False
-
-
-class Cancelled(msgspec.Struct, tag="cancelled", tag_field="t"):
-    id: int
-    logs: list[LogLine] = msgspec.field(default_factory=list)
-
-
-class Settled(msgspec.Struct, tag="settled", tag_field="t"):
-    """Every waitUntil promise of that invocation has settled; `logs` are the console lines
-    of that work printed after the result was sent."""
-
-    id: int
-    logs: list[LogLine] = msgspec.field(default_factory=list)
-
-
-class Publish(msgspec.Struct, tag="publish", tag_field="t"):
-    """`ctx.publish(channel, data)` of an invocation (also from its waitUntil work)."""
-
-    id: int
-    channel: str
-    data: Any = None
-
-
-ContainerMessage = Ready | LoadError | Result | Chunk | End | Cancelled | Settled | Publish
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ContainerMessage)
-
-
-def encode(message: Init | Invoke | Cancel, body: bytes = b"") -> bytes:
-    """One frame, ready to write."""
-    header = _encoder.encode(message)
-    return b"".join((PREFIX.pack(len(header), len(body)), header, body))
 
 
 class AttachedStream(asyncio.Protocol):
@@ -145,7 +31,7 @@ class AttachedStream(asyncio.Protocol):
 
     def __init__(
         self,
-        on_frame: Callable[[ContainerMessage, bytes], None],
+        on_frame: Callable[[WorkerMessage, bytes], None],
         frame_limit: int,
         stderr_tail_bytes: int = 4096,
     ) -> None:
@@ -155,10 +41,9 @@ class AttachedStream(asyncio.Protocol):
         self.stderr_tail = b""
         self.transport: asyncio.Transport | None = None
         self._on_frame = on_frame
-        self._frame_limit = frame_limit
+        self._frames = FrameParser(frame_limit)
         self._tail_bytes = stderr_tail_bytes
         self._raw = bytearray()
-        self._stdout = bytearray()
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -201,7 +86,6 @@ class AttachedStream(asyncio.Protocol):
             if not self.upgraded.done() and not self._upgrade():
                 return
             self._split()
-            self._frames()
         except ProtocolError as exc:
             if not self.closed.done():
                 self.closed.set_exception(exc)
@@ -230,29 +114,10 @@ class AttachedStream(asyncio.Protocol):
             if len(raw) - start < size:
                 break
             if kind == STDOUT:
-                self._stdout += raw[start : start + size]
+                for message, body in self._frames.feed(bytes(raw[start : start + size])):
+                    self._on_frame(message, body)
             elif kind == STDERR:
                 tail = self.stderr_tail + bytes(raw[start : start + size])
                 self.stderr_tail = tail[-self._tail_bytes :]
             position = start + size
         del raw[:position]
-
-    def _frames(self) -> None:
-        out, position = self._stdout, 0
-        while len(out) - position >= PREFIX.size:
-            header_length, body_length = PREFIX.unpack_from(out, position)
-            if header_length + body_length > self._frame_limit:
-                raise ProtocolError(
-                    f"frame of {header_length + body_length} bytes exceeds the limit"
-                )
-            start = position + PREFIX.size
-            end = start + header_length + body_length
-            if len(out) < end:
-                break
-            try:
-                message = _decoder.decode(out[start : start + header_length])
-            except msgspec.DecodeError as exc:
-                raise ProtocolError(f"malformed frame header: {exc}") from None
-            self._on_frame(message, bytes(out[start + header_length : end]))
-            position = end
-        del out[:position]

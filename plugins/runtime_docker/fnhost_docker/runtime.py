@@ -1,9 +1,9 @@
 """The "docker" runtime: a warm container per function revision, from a locally built image.
 
-What a function sees is the "deno" runtime's (the same bootstrap, adapted): `handler(req,
-ctx)` with a Web `Request`, `ctx = {env, user, trigger, waitUntil, publish}`, its own env
-vars through `ctx.env`, `Deno.env` and `process.env`, console output attributed to each
-invocation, and the same timeouts and errors. What the container adds is the isolation:
+What a function sees is the "deno" runtime's (the same Deno worker, fnhost_deno_worker):
+`handler(req, ctx)` with a Web `Request`, `ctx = {env, user, trigger, waitUntil, publish}`,
+its own env vars through `ctx.env`, `Deno.env` and `process.env`, console output attributed
+to each invocation, and the same timeouts and errors. What the container adds is the isolation:
 
 - `--memory`/`--memory-swap` of memoryLimitMb plus `memory_overhead_mb` (Deno's own
   memory; V8's heap is held to memoryLimitMb), `--pids-limit`, `--cpus`, a read-only root
@@ -36,12 +36,8 @@ from fnhost.config import MiB
 from fnhost.contracts import Runtime
 from fnhost.errors import CodeCheckFailed, TooLarge, Unavailable
 from fnhost.models import FunctionDefinition, FunctionSpec, InvocationRequest, InvocationResult
-from fnhost_docker.container import (
-    LABEL_PREFIX,
-    ContainerSettings,
-    FunctionContainer,
-    LoadFailed,
-)
+from fnhost_deno_worker.worker import LoadFailed
+from fnhost_docker.container import LABEL_PREFIX, ContainerSettings, FunctionContainer
 from fnhost_docker.engine import EngineAddress, connect, resolve_docker_host
 from fnhost_docker.image import RuntimeImage, ensure_image
 

@@ -454,15 +454,3 @@ def test_the_build_image_command(
     failed = CliRunner().invoke(docker_commands, ["build-image"])
     assert failed.exit_code == 1
     assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in failed.output
-
-
-def test_the_bootstrap_is_the_deno_runtimes_but_for_loading_the_code() -> None:
-    # Same behaviour on both runtimes means the same bootstrap: ours is generated from the
-    # "deno" runtime's (sync_bootstrap.py); this fails when that one changed since.
-    script = Path(__file__).parents[1] / "sync_bootstrap.py"
-    if not (script.parents[1] / "runtime_deno").exists():
-        pytest.skip("not in the fnhost repository")
-    done = subprocess.run(
-        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=30
-    )
-    assert done.returncode == 0, done.stderr

@@ -1,9 +1,15 @@
-// fnhost Deno worker: loads one function revision and runs its invocations.
+// fnhost Deno worker: loads one function revision and runs its invocations, as a local
+// process ("deno" runtime) or inside a container ("docker" runtime).
 //
-// The fnhost process talks to this worker over stdin/stdout in frames:
+// The fnhost process talks to this worker over stdin/stdout (attached through the Docker
+// engine for a container) in frames:
 //   u32 BE header length | u32 BE body length | JSON header | raw body bytes
 // so binary bodies travel untouched. Several invocations run at once, each tagged by
 // an id; AsyncLocalStorage attributes console output to the invocation that made it.
+//
+// The first frame names the function's code: a file to import (`module`), or the code
+// itself (`code`), which a container receives that way so that neither it nor the env
+// vars appear on its command line or environment, where `docker inspect` would show them.
 //
 // Everything the function must not reach (the real stdin/stdout, Deno.exit, the process
 // environment) is captured or replaced here before the function's module is imported.
@@ -409,8 +415,21 @@ function loadError(error: unknown): string {
   return `${first} ${location.startsWith("at ") ? location : "at " + location}`;
 }
 
+const CODE_DIR = "/tmp/fn";
+
+// The code received in the init frame, written to the container's own tmpfs; write access
+// is revoked before it is imported.
+function writeCode(code: string): string {
+  Deno.mkdirSync(CODE_DIR, { recursive: true });
+  Deno.writeTextFileSync(`${CODE_DIR}/handler.ts`, code);
+  Deno.permissions.revokeSync({ name: "write" });
+  return new URL(`file://${CODE_DIR}/handler.ts`).href;
+}
+
 async function load(header: Header): Promise<void> {
-  const moduleUrl = String(header.module);
+  const moduleUrl = typeof header.code === "string"
+    ? writeCode(header.code)
+    : String(header.module);
   hidePathsOf(moduleUrl.slice(0, moduleUrl.lastIndexOf("/") + 1), ""); // its directory
   bodyLimit = Number(header.body_limit);
   frameLimit = Number(header.frame_limit);

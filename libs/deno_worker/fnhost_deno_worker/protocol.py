@@ -1,4 +1,5 @@
-"""The frames exchanged with a Deno worker over its stdin/stdout.
+"""The frames exchanged with a Deno worker over its stdin/stdout (a local process's pipes,
+or a container's, attached through the engine).
 
 A frame is `u32 BE header length | u32 BE body length | JSON header | raw body`: the
 header is a small msgspec-encoded message, the body stays raw bytes (no base64), so a
@@ -25,13 +26,15 @@ class ProtocolError(Exception):
 # ---- fnhost -> worker ---------------------------------------------------------------
 
 
-class Init(msgspec.Struct, tag="init", tag_field="t"):
-    """First frame: the module to import and the function's own env vars."""
+class Init(msgspec.Struct, tag="init", tag_field="t", omit_defaults=True):
+    """First frame: the function's code, as a module to import or as source, and its own
+    env vars."""
 
-    module: str  # file:// URL of the function's code
     env: dict[str, str]
     body_limit: int
     frame_limit: int
+    module: str | None = None  # file:// URL of the function's code
+    code: str | None = None  # the code itself, for a worker that cannot read fnhost's files
 
 
 class Invoke(msgspec.Struct, tag="invoke", tag_field="t"):
