@@ -12,13 +12,16 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fnhost.errors import CodeCheckFailed, Unavailable
 from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult
 from fnhost_deno_worker.worker import LoadFailed, Worker
+
+if TYPE_CHECKING:
+    from fnhost.platform import Platform
 
 WorkerKey = tuple[str, str, int]  # app_id, function name, revision
 W = TypeVar("W", bound=Worker)
@@ -207,13 +210,11 @@ MAX_QUEUED_PUBLISHES = 10_000
 
 
 class PublishQueue:
-    """Functions' `ctx.publish` calls on their way to `deliver(app_id, channel, data)`: in
-    order per app, off the workers' read loops, and never failing an invocation."""
+    """Functions' `ctx.publish` calls on their way to `platform.publish`: in order per app,
+    off the workers' read loops, and never failing an invocation."""
 
-    def __init__(
-        self, deliver: Callable[[str, str, Any], Awaitable[None]], log: logging.Logger
-    ) -> None:
-        self._deliver_one = deliver
+    def __init__(self, platform: Platform, log: logging.Logger) -> None:
+        self._platform = platform
         self._log = log
         self._outbox: dict[str, deque[tuple[str, Any]]] = {}  # app_id -> messages
         self._delivering: set[asyncio.Task[None]] = set()
@@ -232,11 +233,11 @@ class PublishQueue:
             return
         queue.append((channel, data))
 
-    async def close(self, timeout: float) -> None:
-        """Let what is queued be delivered for up to `timeout` seconds; drop the rest."""
+    async def close(self, grace_seconds: float) -> None:
+        """Let what is queued be delivered for up to `grace_seconds`; drop the rest."""
         if not self._delivering:
             return
-        _, late = await asyncio.wait(self._delivering, timeout=timeout)
+        _, late = await asyncio.wait(self._delivering, timeout=grace_seconds)
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
@@ -246,7 +247,7 @@ class PublishQueue:
             while queue:
                 channel, data = queue.popleft()
                 try:
-                    await self._deliver_one(app_id, channel, data)
+                    await self._platform.publish(app_id, channel, data)
                 except Exception:
                     self._log.exception("ctx.publish of app %s on %r failed", app_id, channel)
         finally:

@@ -26,7 +26,6 @@ import asyncio
 import logging
 import socket
 import time
-from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,9 +33,9 @@ import msgspec
 
 from fnhost.config import MiB
 from fnhost.contracts import Runtime
-from fnhost.errors import CodeCheckFailed, TooLarge, Unavailable
+from fnhost.errors import TooLarge, Unavailable
 from fnhost.models import FunctionDefinition, FunctionSpec, InvocationRequest, InvocationResult
-from fnhost_deno_worker.worker import LoadFailed
+from fnhost_deno_worker.pool import PoolPolicy, PublishQueue, WorkerKey, WorkerPool
 from fnhost_docker.container import LABEL_PREFIX, ContainerSettings, FunctionContainer
 from fnhost_docker.engine import EngineAddress, connect, resolve_docker_host
 from fnhost_docker.image import RuntimeImage, ensure_image
@@ -49,11 +48,7 @@ log = logging.getLogger("fnhost.docker")
 # Frames carry the body plus headers and up to 1 MiB of logs.
 FRAME_HEADROOM_BYTES = 2 * MiB
 NETWORK_LABEL = LABEL_PREFIX + "network"
-# ctx.publish messages waiting for delivery, per app: past this, new ones are dropped.
-MAX_QUEUED_PUBLISHES = 10_000
 PUBLISH_DRAIN_SECONDS = 2.0
-
-ContainerKey = tuple[str, str, int]  # app_id, function name, revision
 
 
 class DockerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -108,12 +103,15 @@ class DockerRuntime(Runtime):
         )
         self.client: Any = None  # docker.DockerClient once started
         self._settings: ContainerSettings | None = None
-        self._containers: OrderedDict[ContainerKey, FunctionContainer] = OrderedDict()
-        self._retiring: dict[asyncio.Task[None], FunctionContainer] = {}
-        self._latest: dict[tuple[str, str], int] = {}  # newest revision invoked per function
+        policy = PoolPolicy(
+            max_warm=config.max_warm,
+            idle_seconds=config.idle_seconds,
+            start_timeout_seconds=config.start_timeout_seconds,
+            prewarm=config.prewarm,
+        )
+        self._pool = WorkerPool(self._new_container, policy)
+        self._publishes = PublishQueue(platform, log)
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox: dict[str, deque[tuple[str, Any]]] = {}  # app_id -> ctx.publish messages
-        self._publishing: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -141,7 +139,7 @@ class DockerRuntime(Runtime):
             body_limit=body_limit,
             frame_limit=max(self.config.max_message_bytes, body_limit + FRAME_HEADROOM_BYTES),
         )
-        self._tasks = [asyncio.create_task(self._remove_idle_containers())]
+        self._tasks = [asyncio.create_task(self._pool.retire_idle())]
 
     def _ensure_image(self, image: RuntimeImage) -> None:
         import docker.errors
@@ -164,15 +162,8 @@ class DockerRuntime(Runtime):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        containers = [*self._containers.values(), *self._retiring.values()]
-        self._containers.clear()
-        await asyncio.gather(*(c.stop() for c in containers), return_exceptions=True)
-        await asyncio.gather(*self._retiring, return_exceptions=True)
-        if self._publishing:
-            _, late = await asyncio.wait(self._publishing, timeout=PUBLISH_DRAIN_SECONDS)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await self._pool.stop()
+        await self._publishes.close(PUBLISH_DRAIN_SECONDS)
         if self.client is not None:
             # Whatever a creation in flight or a failed removal left behind.
             await asyncio.to_thread(remove_containers, self.client, self.owner)
@@ -180,143 +171,47 @@ class DockerRuntime(Runtime):
         self._settings = None
         self.client = None
 
+    def _new_container(self, function: FunctionSpec) -> FunctionContainer:
+        if self._settings is None:
+            raise Unavailable("the docker runtime is not started")
+        app_id = function.app_id
+        return FunctionContainer(
+            function,
+            self._settings,
+            lambda channel, data: self._publishes.put(app_id, channel, data),
+        )
+
     # ---- the Runtime protocol ----------------------------------------------------
 
     async def check(self, function: FunctionSpec) -> None:
-        key, container = self._container_for(function)
-        try:
-            await container.ready()
-        except LoadFailed as exc:
-            self._retire(key, container)
-            raise CodeCheckFailed(exc.message) from None
-        if not self.config.prewarm:
-            self._retire(key, container)
+        await self._pool.check(function)
 
     async def invoke(self, function: FunctionSpec, request: InvocationRequest) -> InvocationResult:
-        settings = self._started()
-        if len(request.body) > settings.body_limit:
+        if self._settings is None:
+            raise Unavailable("the docker runtime is not started")
+        body_limit = self._settings.body_limit
+        if len(request.body) > body_limit:
             raise TooLarge(
-                f"request body of {len(request.body)} bytes exceeds the limit of "
-                f"{settings.body_limit} bytes"
+                f"request body of {len(request.body)} bytes exceeds the limit of {body_limit} bytes"
             )
-        self._supersede(function)
-        key, container = self._container_for(function)
         try:
-            return await container.invoke(request, function.timeout_ms)
-        except LoadFailed as exc:
-            self._retire(key, container)
-            return InvocationResult(
-                outcome="crash" if exc.crashed else "error",
-                error=f"the module failed to load: {exc.message}",
-            )
+            return await self._pool.invoke(function, request)
         except Unavailable as exc:
-            self._retire(key, container)
+            # The engine refused the container (out of resources, the image gone): this
+            # call failed, recorded as such; the next call tries a new container.
             return InvocationResult(outcome="crash", error=exc.message)
 
     async def evict(self, function: FunctionDefinition) -> None:
-        self._latest.pop((function.app_id, function.name), None)
-        for key, container in list(self._containers.items()):
-            if key[:2] == (function.app_id, function.name):
-                self._retire(key, container)
-
-    # ---- the pool ----------------------------------------------------------------
-
-    def _started(self) -> ContainerSettings:
-        if self._settings is None:
-            raise Unavailable("the docker runtime is not started")
-        return self._settings
-
-    def _container_for(self, function: FunctionSpec) -> tuple[ContainerKey, FunctionContainer]:
-        """The warm container of this revision, launched if there is none (it may still be
-        starting: `ready()` waits for it)."""
-        settings = self._started()
-        key = (function.app_id, function.name, function.revision)
-        container = self._containers.get(key)
-        if container is not None and container.alive and container.runs(function):
-            self._containers.move_to_end(key)
-            return key, container
-        if container is not None:
-            self._retire(key, container)
-        self._make_room()
-        app_id = function.app_id
-        container = FunctionContainer(
-            function, settings, lambda channel, data: self._publish(app_id, channel, data)
-        )
-        self._containers[key] = container
-        container.launch(self.config.start_timeout_seconds)
-        return key, container
-
-    def _publish(self, app_id: str, channel: str, data: Any) -> None:
-        """Queue a function's `ctx.publish` for delivery through the platform: in order per
-        app, off the container's read loop, and never failing the invocation."""
-        queue = self._outbox.get(app_id)
-        if queue is None:
-            queue = self._outbox[app_id] = deque()
-            task = asyncio.ensure_future(self._deliver(app_id, queue))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
-        if len(queue) >= MAX_QUEUED_PUBLISHES:
-            log.warning("ctx.publish of app %s dropped: %d messages queued", app_id, len(queue))
-            return
-        queue.append((channel, data))
-
-    async def _deliver(self, app_id: str, queue: deque[tuple[str, Any]]) -> None:
-        try:
-            while queue:
-                channel, data = queue.popleft()
-                try:
-                    await self.platform.publish(app_id, channel, data)
-                except Exception:
-                    log.exception("ctx.publish of app %s on %r failed", app_id, channel)
-        finally:
-            if self._outbox.get(app_id) is queue:
-                del self._outbox[app_id]
-
-    def _supersede(self, function: FunctionSpec) -> None:
-        """A call for a newer revision retires the containers of older ones."""
-        name = (function.app_id, function.name)
-        latest = self._latest.get(name)
-        if latest is not None and latest >= function.revision:
-            return
-        self._latest[name] = function.revision
-        for key, container in list(self._containers.items()):
-            if key[:2] == name and key[2] < function.revision:
-                self._retire(key, container)
-
-    def _make_room(self) -> None:
-        """Before a new container starts: retire the least recently used one past max_warm,
-        an idle one if there is any."""
-        while self._containers and len(self._containers) >= self.config.max_warm:
-            victim = next(
-                ((k, c) for k, c in self._containers.items() if not c.busy),
-                next(iter(self._containers.items())),
-            )
-            self._retire(*victim)
-
-    def _retire(self, key: ContainerKey, container: FunctionContainer) -> None:
-        """Take the container out of service; it is removed once its calls in flight end."""
-        if self._containers.get(key) is container:
-            del self._containers[key]
-        task = container.retire()
-        if task not in self._retiring:
-            self._retiring[task] = container
-            task.add_done_callback(self._retiring.pop)
-
-    async def _remove_idle_containers(self) -> None:
-        interval = min(max(self.config.idle_seconds / 4, 0.05), 10.0)
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for key, container in list(self._containers.items()):
-                if not container.alive or (
-                    not container.busy and now - container.last_used > self.config.idle_seconds
-                ):
-                    self._retire(key, container)
+        self._pool.evict(function.app_id, function.name)
 
     # for tests, benchmarks and diagnostics
-    def container_ids(self) -> dict[ContainerKey, str]:
+    def container_ids(self) -> dict[WorkerKey, str]:
         """Engine ids of the warm containers, by (app_id, name, revision)."""
-        return {k: c.container_id for k, c in self._containers.items() if c.container_id}
+        return {
+            key: workers[0].container_id
+            for key, workers in self._pool.by_revision().items()
+            if workers and workers[0].container_id
+        }
 
 
 def remove_containers(client: Any, owner: str) -> int:
