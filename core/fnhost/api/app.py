@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from fnhost import __version__
 from fnhost.api.apps import AppSettingsController
-from fnhost.api.calls import call_function, call_function_path
+from fnhost.api.calls import StreamCutLogFilter, call_function, call_function_path
 from fnhost.api.errors import EXCEPTION_HANDLERS
 from fnhost.api.functions import FunctionsController
 from fnhost.config import Config, load_config
@@ -38,6 +39,9 @@ def create_app(
     key is set only on the start that generated it.
     """
     platform = platform or Platform(config or load_config())
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, StreamCutLogFilter) for f in server_log.filters):
+        server_log.addFilter(StreamCutLogFilter())
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

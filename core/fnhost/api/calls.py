@@ -6,6 +6,9 @@ function as is (end-user tokens are the function's business).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
 from typing import Any
 
 import msgspec
@@ -18,7 +21,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 
 from fnhost.api.state import platform_of
 from fnhost.errors import NotFound, TooLarge
-from fnhost.models import InvocationRequest
+from fnhost.models import InvocationRequest, InvocationResult
 from fnhost.names import check_app_id
 from fnhost.service import new_invocation_id
 
@@ -137,7 +140,7 @@ async def run_public_call(
     if result.stream is not None:
         # Headers given to the constructor win over media_type (set only when absent).
         return ASGIStreamingResponse(
-            iterator=result.stream,
+            iterator=_cut_on_failure(result, record.id),
             status_code=result.status_code,
             headers=headers,  # type: ignore[arg-type]  # a list keeps repeated headers
             media_type="application/octet-stream",
@@ -181,3 +184,54 @@ def _forwarded_headers(request: Request[Any, Any, Any]) -> list[tuple[str, str]]
     headers.append(("x-forwarded-proto", request.url.scheme))
     headers.append(("x-forwarded-host", request.headers.get("host", "")))
     return headers
+
+
+class StreamCut(Exception):
+    """A streamed body the function did not finish: it threw, timed out or its worker
+    died after the status line was sent. Raised after the last chunk so that the server
+    closes the connection without the final chunk: the caller sees a truncated body as
+    truncated, never as a whole one."""
+
+
+async def _cut_on_failure(result: InvocationResult, invocation_id: str) -> AsyncIterator[bytes]:
+    assert result.stream is not None
+    async for chunk in result.stream:
+        yield chunk
+    if result.outcome != "ok":  # final once the stream has ended
+        raise StreamCut(
+            f"response stream of invocation {invocation_id} cut: {FAILURE_MESSAGES[result.outcome]}"
+        )
+
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class StreamCutLogFilter(logging.Filter):
+    """The server logs an exception escaping the app with its traceback; a `StreamCut` is
+    expected (its invocation record has the details), so it becomes one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cut = _stream_cut_in(record.exc_info)
+        if cut is not None:
+            record.msg, record.args = "%s", (str(cut),)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _stream_cut_in(exc_info: ExcInfo | tuple[None, None, None] | None) -> StreamCut | None:
+    """The StreamCut behind a logged exception: Litestar wraps it in its own exception,
+    raised from the group of the task that streamed."""
+    pending = [exc_info[1]] if exc_info and exc_info[1] is not None else []
+    for _ in range(10):
+        if not pending:
+            return None
+        error = pending.pop()
+        if isinstance(error, StreamCut):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        cause = error.__cause__ or error.__context__
+        if cause is not None:
+            pending.append(cause)
+    return None

@@ -5,6 +5,7 @@ bodies up to the 10 MiB default limit pass while larger ones get 413."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -113,13 +114,36 @@ async def test_a_stream_past_its_timeout_is_cut_and_recorded_as_504(
 ) -> None:
     code = TICKER.replace("300", "5000")
     await deploy(client, "stalls", code, timeoutMs=400)
+    received = []
     async with client.stream("GET", "/v1/demo/fn/stalls") as response:
         assert response.status_code == 200  # sent before the stall
-        body = b"".join([chunk async for chunk in response.aiter_raw()])
-    assert body == b"a"
+        # Cut without the final chunk: the caller cannot take "a" for the whole body.
+        with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+            async for chunk in response.aiter_raw():
+                received.append(chunk)
+    assert received == [b"a"]
     [record] = await records(client, "stalls")
     assert record["status_code"] == 504 and "timed out" in record["error"]
     assert [line["message"] for line in record["logs"]] == ["tick a"]
+
+
+async def test_a_stream_the_function_fails_midway_is_cut_with_one_log_line(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    code = TICKER.replace("controller.close();", 'controller.error(new Error("feed lost"));')
+    await deploy(client, "breaks", code)
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        async with client.stream("GET", "/v1/demo/fn/breaks") as response:
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                await response.aread()
+    [record] = await records(client, "breaks")
+    assert record["status_code"] == 500 and "feed lost" in record["error"]
+    [line] = [r for r in caplog.records if "response stream" in r.getMessage()]
+    assert line.getMessage() == (
+        f"response stream of invocation {record['id']} cut: the function threw an error"
+    )
+    assert line.exc_info is None and line.levelno == logging.INFO
+    assert (await client.get("/v1/demo/fn/ticker")).status_code == 404  # the server is fine
 
 
 async def test_a_caller_leaving_mid_stream_leaves_the_function_usable(
