@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fnhost.cli import HEADER_SECONDS
+from fnhost.config import ServerConfig
 from tests.live_server import ADMIN, LiveServer, live_server
 
 MAX_BODY = 1024 * 1024
@@ -41,6 +41,8 @@ SPLITTER = """export default async function handler() {
 THROW_NUL = "export default async function handler() { throw new Error('a\\u0000b'); }"
 NESTING = 100_000
 LEAKS = ("Traceback", 'File "', "site-packages")
+HEADER_SECONDS = ServerConfig().header_timeout_seconds
+BODY_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         "FNHOST_SERVER__MAX_BODY_BYTES": str(MAX_BODY),
         "FNHOST_SERVER__MAX_CODE_BYTES": str(MAX_CODE),
         "FNHOST_LIMITS__MANAGEMENT_PER_SECOND_PER_APP": "0",
+        "FNHOST_SERVER__BODY_TIMEOUT_SECONDS": str(BODY_SECONDS),
     }
     with live_server(tmp_path_factory.mktemp("hostile"), settings) as running:
         with httpx.Client(base_url=running.url, headers=ADMIN, timeout=60) as client:
@@ -284,6 +287,40 @@ def test_slowloris_neither_starves_others_nor_holds_connections(
     # Each slow connection was answered 408 and closed after HEADER_SECONDS.
     timed_out = sum(1 for answer in answers if answer.startswith(b"HTTP/1.1 408"))
     assert timed_out == len(slow), [a[:40] for a in answers]
+
+
+def test_a_body_announced_and_never_sent_is_408_after_the_body_timeout(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /v1/demo/fn/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b"
+        )
+        sock.settimeout(BODY_SECONDS + 5)
+        answer = sock.recv(4096)
+        waited = time.monotonic() - started
+        assert sock.recv(4096) == b""  # and the connection is closed
+    assert answer.startswith(b"HTTP/1.1 408") and b"request body not received in time" in answer
+    assert BODY_SECONDS - 0.5 < waited < BODY_SECONDS + 3
+    assert client.get("/health").status_code == 200
+
+
+def test_a_slow_body_that_keeps_coming_is_served(server: LiveServer) -> None:
+    parts = [b"a" * 10, b"b" * 10, b"c" * 10]
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/demo/fn/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        for part in parts:  # each gap shorter than the timeout, the whole body longer
+            time.sleep(BODY_SECONDS * 0.6)
+            sock.sendall(part)
+        sock.settimeout(10)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b'"bodyBytes":30' in answer, answer[:300]
 
 
 # -- bodies ------------------------------------------------------------------------------

@@ -130,7 +130,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
             access_log=False,
             lifespan="on",
             loop="uvloop",
-            http=guarded_http_protocol(),
+            http=guarded_http_protocol(
+                config.server.header_timeout_seconds, config.server.body_timeout_seconds
+            ),
         )
     )
     try:
@@ -141,21 +143,26 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         sys.exit(1)
 
 
-# Limits uvicorn lacks (it waits for a request's headers forever and buffers them whole).
-HEADER_SECONDS = 10.0
+# Limits uvicorn lacks: it waits for a request's headers and body forever and buffers the
+# headers whole.
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def guarded_http_protocol() -> type[asyncio.Protocol]:
+def guarded_http_protocol(
+    header_seconds: float, body_idle_seconds: float
+) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol, plus: a request's headers must arrive within
-    HEADER_SECONDS (else 408) and fit in MAX_HEADER_BYTES (else 431). Without them a
-    client trickling header bytes (slowloris) holds its connection forever, and one huge
-    header is buffered whole."""
+    `header_seconds` (else 408) and fit in MAX_HEADER_BYTES (else 431), and its body must
+    keep coming, with no gap over `body_idle_seconds` (else 408). Without them a client
+    trickling header bytes or announcing a body it never sends (slowloris) holds its
+    connection forever, and one huge header is buffered whole."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
         _header_bytes = 0
+        _body_timer: asyncio.TimerHandle | None = None
+        _body_seen = 0.0  # loop time of the last body bytes
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -169,7 +176,7 @@ def guarded_http_protocol() -> type[asyncio.Protocol]:
         def _expect_headers(self) -> None:
             self._header_bytes = 0
             self._header_timer = self.loop.call_later(
-                HEADER_SECONDS, self._refuse, 408, "request headers not received in time"
+                header_seconds, self._refuse, 408, "request headers not received in time"
             )
 
         def data_received(self, data: bytes) -> None:
@@ -182,20 +189,46 @@ def guarded_http_protocol() -> type[asyncio.Protocol]:
             super().data_received(data)
 
         def on_headers_complete(self) -> None:
-            self._stop_timer()
+            self._stop_timers()
             super().on_headers_complete()
+            # Cancelled by on_message_complete, in this same read for a request without body.
+            self._body_seen = self.loop.time()
+            self._body_timer = self.loop.call_later(body_idle_seconds, self._check_body)
+
+        def on_body(self, body: bytes) -> None:
+            self._body_seen = self.loop.time()
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._stop_timers()
+            super().on_message_complete()
+
+        def _check_body(self) -> None:
+            now = self.loop.time()
+            if self.flow.read_paused:  # uvicorn stopped reading: the app is behind, not the client
+                self._body_seen = now
+            wait = self._body_seen + body_idle_seconds - now
+            if wait > 0:  # one timer per request, pushed back while bytes arrive
+                self._body_timer = self.loop.call_later(wait, self._check_body)
+                return
+            self._body_timer = None
+            if self.cycle is not None and self.cycle.response_started:
+                self.transport.close()
+            else:
+                self._refuse(408, "request body not received in time")
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_timer()
+            self._stop_timers()
             super().connection_lost(exc)
 
-        def _stop_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+        def _stop_timers(self) -> None:
+            for timer in (self._header_timer, self._body_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._header_timer = self._body_timer = None
 
         def _refuse(self, status: int, message: str) -> None:
-            self._stop_timer()
+            self._stop_timers()
             if self.transport.is_closing():
                 return
             body = json.dumps({"error": message}).encode()

@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -34,6 +34,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     encryption_key: str | None = None
     max_body_bytes: int = 10 * MiB
     max_code_bytes: int = 1 * MiB
+    # A request's headers must arrive within this (else 408), and its body must keep
+    # coming with no gap longer than this (else 408), so slow clients cannot hold
+    # connections open.
+    header_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # Public calls read function definitions from memory for this long; changes made
     # through this process apply at once, changes made by another process sharing
     # the store within this bound. 0 reads the store on every call.
@@ -219,6 +224,8 @@ data_dir = ".fnhost"        # admin.key, secret.key and the SQLite database live
 # encryption_key = "..."    # Fernet key for env vars at rest; by default generated on first start
 max_body_bytes = 10485760   # largest request or response body (413 beyond)
 max_code_bytes = 1048576    # largest function source (413 beyond)
+header_timeout_seconds = 10.0  # a request's headers must arrive within this (408 beyond)
+body_timeout_seconds = 30.0    # longest gap while a request body arrives (408 beyond)
 function_cache_seconds = 1.0  # how long another process's deploy may take to be seen here
 
 [store]
