@@ -135,14 +135,28 @@ class Store(PluginObject, ABC):
     # cron fire claims: each fire time runs once across every process sharing the store
     @abstractmethod
     async def claim_cron_fire(
-        self, app_id: str, name: str, fire_time: datetime, owner: str
+        self,
+        app_id: str,
+        name: str,
+        fire_time: datetime,
+        owner: str,
+        unfinished_since: datetime | None = None,
     ) -> bool:
         """Claim one fire time of a function's cron trigger for `owner` (a process id).
 
         Return True for exactly one caller across all processes sharing this store
         (backed by a unique row per function and fire time, or the database's own
         locking), False for every other caller of the same (app_id, name, fire_time).
+
+        With `unfinished_since`, refuse it also (False for every caller) while an earlier
+        fire time of the function claimed at or after `unfinished_since` is not finished
+        (`finish_cron_fire`): that run may still be going, and runs must not overlap. A
+        refused fire time stays claimed: it is skipped, not run later.
         """
+
+    @abstractmethod
+    async def finish_cron_fire(self, app_id: str, name: str, fire_time: datetime) -> None:
+        """Mark the run of a claimed fire time as ended, whatever its outcome."""
 
     @abstractmethod
     async def prune_cron_claims(self, before: datetime) -> int:

@@ -667,6 +667,26 @@ class StoreContract:
         assert await store.claim_cron_fire("app1", "hello", tokyo, "a") is True
         assert await store.claim_cron_fire("app1", "hello", T0, "b") is False
 
+    async def test_a_claim_waits_for_an_earlier_unfinished_run(self, store: Store) -> None:
+        recent = datetime.now(UTC) - timedelta(minutes=5)
+        minute = [T0 + timedelta(minutes=n) for n in range(5)]
+        assert await store.claim_cron_fire("app1", "hello", minute[0], "a", recent) is True
+        # minute[0] is still running: the next fire time is refused, and stays taken.
+        assert await store.claim_cron_fire("app1", "hello", minute[1], "b", recent) is False
+        assert await store.claim_cron_fire("app1", "hello", minute[1], "c", recent) is False
+        # Other functions do not wait for it; without `unfinished_since` nothing does.
+        assert await store.claim_cron_fire("app1", "other", minute[1], "b", recent) is True
+        assert await store.claim_cron_fire("app1", "hello", minute[2], "b") is True
+        await store.finish_cron_fire("app1", "hello", minute[0])
+        await store.finish_cron_fire("app1", "hello", minute[2])
+        assert await store.claim_cron_fire("app1", "hello", minute[3], "b", recent) is True
+        # A run claimed before `unfinished_since` is taken for dead (its process died).
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        assert await store.claim_cron_fire("app1", "hello", minute[4], "c", later) is True
+
+    async def test_finishing_an_unknown_fire_time_is_harmless(self, store: Store) -> None:
+        await store.finish_cron_fire("app1", "nothing", T0)
+
     async def test_prune_cron_claims(self, store: Store) -> None:
         hours = [T0 + timedelta(hours=n) for n in range(4)]
         for fire_time in hours:

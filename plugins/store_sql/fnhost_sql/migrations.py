@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fnhost.errors import ConfigError
@@ -41,15 +53,51 @@ async def create_initial_schema(connection: AsyncConnection) -> None:
 
 
 async def add_cron_claims(connection: AsyncConnection) -> None:
-    """Version 2: `cron_claims`, one row per claimed fire time of a cron trigger.
+    """Version 2: `cron_claims`, one row per claimed fire time of a cron trigger, as first
+    released (`CRON_CLAIMS_V2`).
 
     `checkfirst` keeps the step safe to re-run on MySQL, where DDL commits implicitly.
     """
-    await connection.run_sync(lambda sync: tables.cron_claims.create(sync, checkfirst=True))
+    await connection.run_sync(lambda sync: CRON_CLAIMS_V2.create(sync, checkfirst=True))
 
+
+async def add_cron_claim_finish(connection: AsyncConnection) -> None:
+    """Version 3: `cron_claims.finished_at` and an index by function, so that a claim can
+    see an earlier run of the function still going (no overlap across processes).
+
+    Each part checks first, so the step is safe to re-run on MySQL.
+    """
+
+    def upgrade(sync: Connection) -> None:
+        inspector = inspect(sync)
+        columns = {column["name"] for column in inspector.get_columns("cron_claims")}
+        if "finished_at" not in columns:
+            column = tables.cron_claims.c.finished_at
+            kind = column.type.compile(dialect=sync.dialect)
+            sync.execute(text(f"ALTER TABLE cron_claims ADD COLUMN finished_at {kind} NULL"))
+        indexes = {index["name"] for index in inspector.get_indexes("cron_claims")}
+        for index in tables.cron_claims.indexes:
+            if index.name not in indexes:
+                index.create(sync)
+
+    await connection.run_sync(upgrade)
+
+
+# cron_claims as step 2 created it: later steps change the table, this stays.
+CRON_CLAIMS_V2 = Table(
+    "cron_claims",
+    MetaData(),
+    Column("fire_time", tables.UtcDateTime, nullable=False),
+    Column("app_id", tables.identifier(), nullable=False),
+    Column("function_name", tables.identifier(), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("claimed_at", tables.UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("fire_time", "app_id", "function_name", name="pk_cron_claims"),
+    **tables.MYSQL_TABLE_OPTIONS,
+)
 
 # Index i holds the step that brings the schema to version i + 1.
-STEPS: list[Step] = [create_initial_schema, add_cron_claims]
+STEPS: list[Step] = [create_initial_schema, add_cron_claims, add_cron_claim_finish]
 LATEST_VERSION = len(STEPS)
 
 

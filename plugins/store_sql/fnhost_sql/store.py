@@ -296,23 +296,63 @@ class SqlStore(Store):
     # cron fire claims
 
     async def claim_cron_fire(
-        self, app_id: str, name: str, fire_time: datetime, owner: str
+        self,
+        app_id: str,
+        name: str,
+        fire_time: datetime,
+        owner: str,
+        unfinished_since: datetime | None = None,
     ) -> bool:
+        now = datetime.now(UTC)
         values = {
             "fire_time": fire_time,
             "app_id": app_id,
             "function_name": name,
             "owner": owner,
-            "claimed_at": datetime.now(UTC),
+            "claimed_at": now,
         }
+        this_function = (cron_claims.c.app_id == app_id) & (cron_claims.c.function_name == name)
         try:
             async with self._writing() as connection:
-                result = await connection.execute(
+                inserted = await connection.execute(
                     _insert_unless_present(connection, cron_claims, values)
                 )
+                if not inserted.rowcount:
+                    return False  # another process claimed this fire time first
+                if unfinished_since is None:
+                    return True
+                still_running = await connection.scalar(
+                    select(cron_claims.c.fire_time)
+                    .where(
+                        this_function,
+                        cron_claims.c.fire_time < fire_time,
+                        cron_claims.c.finished_at.is_(None),
+                        cron_claims.c.claimed_at >= unfinished_since,
+                    )
+                    .limit(1)
+                )
+                if still_running is None:
+                    return True
+                await connection.execute(
+                    update(cron_claims)
+                    .where(this_function, cron_claims.c.fire_time == fire_time)
+                    .values(finished_at=now)
+                )
+                return False
         except IntegrityError:
             return False  # the primary key: another process claimed this fire time first
-        return bool(result.rowcount)
+
+    async def finish_cron_fire(self, app_id: str, name: str, fire_time: datetime) -> None:
+        async with self._writing() as connection:
+            await connection.execute(
+                update(cron_claims)
+                .where(
+                    cron_claims.c.app_id == app_id,
+                    cron_claims.c.function_name == name,
+                    cron_claims.c.fire_time == fire_time,
+                )
+                .values(finished_at=datetime.now(UTC))
+            )
 
     async def prune_cron_claims(self, before: datetime) -> int:
         async with self._writing() as connection:

@@ -204,6 +204,10 @@ cron_claims = Table(
     Column("function_name", identifier(), nullable=False),
     Column("owner", String(255), nullable=False),
     Column("claimed_at", UtcDateTime, nullable=False),
+    # when the run ended (or the fire time was skipped); NULL while it may still run
+    Column("finished_at", UtcDateTime, nullable=True),
     PrimaryKeyConstraint("fire_time", "app_id", "function_name", name="pk_cron_claims"),
+    # a function's unfinished earlier runs, looked up at each claim
+    Index("ix_cron_claims_function", "app_id", "function_name", "fire_time"),
     **MYSQL_TABLE_OPTIONS,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,30 @@ async def test_database_of_the_first_release_is_upgraded(
         assert await store.get_function("app1", "hello") == function
         assert await store.claim_cron_fire("app1", "hello", T0, "a") is True
         assert await store.claim_cron_fire("app1", "hello", T0, "b") is False
+    finally:
+        await store.stop()
+
+
+async def test_a_version_2_database_with_claims_gains_run_ends(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as second_release:
+        second_release.setattr(migrations, "STEPS", migrations.STEPS[:2])
+        second_release.setattr(migrations, "LATEST_VERSION", 2)
+        old = await started(tmp_path, database_url)
+        assert await old.claim_cron_fire("app1", "hello", T0, "a") is True
+        await old.stop()
+
+    store = await started(tmp_path, database_url)
+    try:
+        recent = datetime.now(UTC) - timedelta(hours=1)
+        later = T0 + timedelta(minutes=1)
+        # The run claimed before the upgrade counts as unfinished.
+        assert await store.claim_cron_fire("app1", "hello", later, "b", recent) is False
+        await store.finish_cron_fire("app1", "hello", T0)
+        assert await store.claim_cron_fire("app1", "hello", T0 + timedelta(minutes=2), "b", recent)
+        async with store.engine.begin() as connection:  # re-running the step is harmless
+            await migrations.add_cron_claim_finish(connection)
     finally:
         await store.stop()
 

@@ -29,7 +29,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from fnhost.errors import FnhostError
-from fnhost.models import FunctionDefinition, InvocationRequest
+from fnhost.models import FunctionDefinition, InvocationRequest, StoredFunction
 from fnhost_cron.schedule import ScheduleError, parse_schedule
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ scheduler_log.setLevel(logging.WARNING)
 
 CRON_URL = "http://cron.fnhost.local/"
 PRUNE_INTERVAL_S = 3600.0
+# A claimed run not finished after twice its timeout (the call, then its waitUntil work)
+# plus this margin is taken for dead: its process died before saying it ended.
+RUN_LEASE_MARGIN = timedelta(seconds=30)
 # At shutdown, runs in flight get this long to finish (and be recorded) before they are
 # cancelled.
 STOP_GRACE_S = 10.0
@@ -302,8 +305,29 @@ class CronScheduler:
             # Deleted or rescheduled through another process since the last sync.
             self._follow(key, current, read_at)
             return
-        if not await self._platform.store.claim_cron_fire(*key, fire_time, self.owner):
-            return  # another process runs this fire time
+        store = self._platform.store
+        unfinished_since = None
+        if self._config.max_concurrent_runs == 1:  # no overlap, also across processes
+            lease = timedelta(milliseconds=2 * function.timeout_ms) + RUN_LEASE_MARGIN
+            unfinished_since = datetime.now(UTC) - lease
+        if not await store.claim_cron_fire(*key, fire_time, self.owner, unfinished_since):
+            return  # another process runs this fire time, or the previous run still goes
+        try:
+            await self._invoke(function, schedule, fire_time)
+        finally:
+            try:
+                await store.finish_cron_fire(*key, fire_time)
+            except Exception as exc:  # the next fire times wait for the lease instead
+                log.warning(
+                    "cron: %s: recording the end of the %s run failed: %r",
+                    "/".join(key),
+                    iso(fire_time),
+                    exc,
+                )
+
+    async def _invoke(
+        self, function: StoredFunction, schedule: Schedule, fire_time: datetime
+    ) -> None:
         scheduled_time = iso(fire_time)
         request = InvocationRequest(
             invocation_id=uuid.uuid4().hex,

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,39 @@ def test_each_fire_time_runs_once_across_two_processes(
     assert gaps(after) == [] and len(after) >= 4
     assert len(times) >= 15
     print(f"max lateness over both processes: {max(LATENESS) * 1000:.1f} ms")
+
+
+SLOW_TICK = """export default async function handler(req) {
+  await new Promise((resolve) => setTimeout(resolve, 2500));
+  return new Response("ok");
+}
+"""
+
+
+def test_a_run_still_going_is_not_started_again_by_the_other_process(
+    servers: tuple[Server, Server], tmp_path: Path, postgres_url: str
+) -> None:
+    # Each process skips the fire times that come while its own run goes on; the other
+    # process must skip them too, or it would start a second run beside the first.
+    a, b = servers
+    source = tmp_path / "slow.js"
+    source.write_text(SLOW_TICK)
+    a.fnhost("deploy", str(source), "--app", "demo", "--cron", "* * * * * *", "--no-http")
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.get(
+            f"{b.url}/v1/demo/functions/slow/logs", params={"limit": 100}, headers=ADMIN
+        )
+        runs = sorted(
+            (parse_time(r["timestamp"]), timedelta(milliseconds=r["duration_ms"]))
+            for r in response.json()["logs"]
+        )
+        if len(runs) >= 4:
+            break
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.5)
+    for (started, took), (next_started, _) in pairwise(runs):
+        assert took >= timedelta(seconds=2.5)
+        assert next_started >= started + took, runs  # no overlap
+    claims = claims_by_pid(postgres_url)
+    print(f"\nclaims by pid: {dict(claims)} (a={a.process.pid}, b={b.process.pid})")
