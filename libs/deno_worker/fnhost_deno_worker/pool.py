@@ -49,6 +49,7 @@ class WorkerPool(Generic[W]):
         self._pools: OrderedDict[WorkerKey, list[W]] = OrderedDict()
         self._retiring: dict[asyncio.Task[None], W] = {}
         self._latest: dict[tuple[str, str], int] = {}  # newest revision invoked per function
+        self._replacing: dict[WorkerKey, asyncio.Task[None]] = {}
 
     # ---- what the Runtime protocol asks ---------------------------------------------
 
@@ -92,6 +93,8 @@ class WorkerPool(Generic[W]):
 
     async def stop(self) -> None:
         """Stop every worker, warm or retiring, and wait until all are gone."""
+        for task in list(self._replacing.values()):
+            task.cancel()
         workers = [*self.warm(), *self._retiring.values()]
         self._pools.clear()
         await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
@@ -109,6 +112,25 @@ class WorkerPool(Generic[W]):
                         not worker.busy and now - worker.last_used > idle_seconds
                     ):
                         self._retire(key, worker)
+
+    def replace(self, key: WorkerKey, old: W) -> None:
+        """Start a fresh worker for the revision `old` runs, and retire `old` once the new
+        one is ready (it keeps serving meanwhile; if the new one fails, it stays)."""
+        pool = self._pools.get(key)
+        if pool is None or old not in pool or self._replacing.get(key) is not None:
+            return
+        new = self._launch(key, old.function)
+        task = asyncio.ensure_future(self._swap(key, old, new))
+        self._replacing[key] = task
+        task.add_done_callback(lambda _: self._replacing.pop(key, None))
+
+    async def _swap(self, key: WorkerKey, old: W, new: W) -> None:
+        try:
+            await new.ready()
+        except (LoadFailed, Unavailable):
+            self._retire(key, new)
+            return
+        self._retire(key, old)
 
     # ---- what is in it ---------------------------------------------------------------
 

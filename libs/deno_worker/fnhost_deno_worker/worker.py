@@ -18,7 +18,15 @@ from typing import Any
 
 from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult
 from fnhost_deno_worker.calls import MEMORY_ERROR, CallTable, Death
-from fnhost_deno_worker.protocol import Init, Invoke, LoadError, Publish, WorkerMessage, encode
+from fnhost_deno_worker.protocol import (
+    Init,
+    Invoke,
+    LoadError,
+    Publish,
+    Ready,
+    WorkerMessage,
+    encode,
+)
 
 # What Deno prints when V8 runs out of heap.
 OOM_MARKERS = (b"out of memory", b"Reached heap limit")
@@ -63,6 +71,7 @@ class Worker(ABC):
         self._retire_task: asyncio.Task[None] | None = None
         self._death: Death | None = None
         self._waiting = 0  # calls waiting for the module to load
+        self.loaded_rss = 0  # the worker's resident memory once its module was loaded
         self._calls = CallTable(self._send, self.kill, body_limit, rss_limit, self.noun)
 
     # ---- what a runtime provides ----------------------------------------------------
@@ -151,6 +160,8 @@ class Worker(ABC):
             self.kill(Death("crash", "the module did not finish loading"))
             raise LoadFailed(f"the module did not finish loading within {load_seconds:g} s")
         loaded = self._loaded.result()
+        if isinstance(loaded, Ready):
+            self.loaded_rss = loaded.rss
         if isinstance(loaded, LoadError):
             self.kill(Death("crash", "the module failed to load"))
             raise LoadFailed(loaded.message)

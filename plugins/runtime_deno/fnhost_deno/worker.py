@@ -130,16 +130,20 @@ class DenoWorker(Worker):
         if self._reaper is not None:
             await asyncio.shield(self._reaper)
 
-    def check_memory(self) -> None:
-        """Kill the worker if its resident memory is over the function's limit."""
+    def rss(self) -> int | None:
+        """The process's resident memory in bytes, or None when it is not running."""
         if self._process is None or self._death is not None or not self._process.running:
-            return
+            return None
         try:
             with open(f"/proc/{self._process.pid}/statm", "rb") as statm:
-                rss = int(statm.read().split()[1]) * _PAGE_SIZE
+                return int(statm.read().split()[1]) * _PAGE_SIZE
         except (OSError, ValueError, IndexError):
-            return
-        if rss > self.rss_limit:
+            return None
+
+    def check_memory(self) -> None:
+        """Kill the worker if its resident memory is over the function's limit."""
+        rss = self.rss()
+        if rss is not None and rss > self.rss_limit:
             self.kill(Death("memory", MEMORY_ERROR))
 
     async def _reap(self, process: WorkerProcess) -> None:

@@ -174,3 +174,38 @@ async def test_a_call_in_flight_on_a_superseded_revision_finishes(runtime: DenoR
 def test_saturation_settings_have_defaults() -> None:
     config = DenoRuntime.Config()
     assert (config.max_concurrent_per_worker, config.max_workers_per_function) == (64, 4)
+
+
+# ---- recycling workers that kept a burst's memory -----------------------------------------
+
+GROWS = """export default (req) => {
+  if (new URL(req.url).searchParams.has("grow")) {
+    // Garbage once returned, but V8 keeps the heap it grew committed.
+    const chunks = [];
+    for (let i = 0; i < 40; i++) chunks.push(new Array(250_000).fill(i + 0.5));
+    return new Response(String(chunks.length));
+  }
+  return new Response(String(Deno.pid));
+}"""
+
+
+async def test_an_idle_worker_that_kept_a_bursts_memory_is_replaced_by_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    async with deno_runtime(
+        tmp_path / "data", recycle_idle_seconds=0.5, recycle_growth_mb=16
+    ) as runtime:
+        lean, grown = make_spec(GROWS, name="lean"), make_spec(GROWS, name="grown")
+        lean_pid = int((await call(runtime, lean)).body)
+        grown_pid = int((await call(runtime, grown)).body)
+        assert (await call(runtime, grown, "GET", "/?grow")).body == b"40"
+        [worker] = runtime._pool.by_revision()[("contract", "grown", 1)]
+        grew_by = (worker.rss() or 0) - worker.loaded_rss
+        assert grew_by > 16 * 1024 * 1024, grew_by
+
+        await eventually(gone(grown_pid), within=5)
+        [fresh] = runtime._pool.by_revision()[("contract", "grown", 1)]
+        assert (fresh.rss() or 0) - fresh.loaded_rss < grew_by / 2
+        assert int((await call(runtime, grown)).body) not in (grown_pid, 0)
+        # A worker whose memory did not grow is kept: it is warm, and as lean as a new one.
+        assert runtime.worker_pids()[("contract", "lean", 1)] == lean_pid
