@@ -244,6 +244,8 @@ use = "deno"                # or "docker"
 [runtime.deno]
 max_warm = 50               # warm workers kept, least recently used evicted
 idle_seconds = 300          # a worker idle this long is stopped
+# recycle_idle_seconds = 30       # an idle worker whose memory grew past
+# recycle_growth_mb = 16          # this since it loaded is replaced by a fresh one
 # prewarm = true                  # start a function's worker at deploy
 # max_concurrent_per_worker = 64  # calls in flight before another worker is started
 # max_workers_per_function = 4
@@ -253,7 +255,7 @@ idle_seconds = 300          # a worker idle this long is stopped
 [trigger.cron]              # the cron trigger plugin (fnhost-cron)
 misfire_grace_seconds = 30  # a fire time that cannot start within this is skipped
 coalesce = true             # several missed fire times run once
-max_concurrent_runs = 1     # runs of one function at a time per process (1: no overlap)
+max_concurrent_runs = 1     # runs of one function at a time (1: no overlap, across processes)
 sync_seconds = 5.0          # how often other processes' deploys are read from the store
 
 [limits]                    # 0 disables a limit
