@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 # The execution option that says how a SQLite transaction begins: "BEGIN IMMEDIATE" for
@@ -63,9 +66,9 @@ def _is_file_database(url: URL) -> bool:
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL (readers never block the writer), NORMAL sync (no fsync per commit: a power cut
-    may lose the last commits but never corrupts the file), a busy timeout, foreign keys,
-    and transactions that SQLAlchemy begins itself.
+    """NORMAL sync (no fsync per commit: a power cut may lose the last commits but never
+    corrupts the file), a busy timeout, foreign keys, and transactions that SQLAlchemy
+    begins itself. WAL is switched on once, by `use_wal`.
 
     The sqlite3 module's own transaction handling skips BEGIN before SELECT and DDL, which
     breaks transactional migrations, so it is turned off and BEGIN comes from the
@@ -77,11 +80,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # busy_timeout first: switching a new file to WAL needs a lock another process
-        # may hold at that moment.
         for pragma in (
             f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-            "journal_mode=WAL",
             "synchronous=NORMAL",
             "foreign_keys=ON",
         ):
@@ -93,3 +93,20 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         begin = connection.get_execution_options().get(SQLITE_BEGIN)
         if begin:
             connection.exec_driver_sql(begin)
+
+
+async def use_wal(engine: AsyncEngine) -> None:
+    """Switch a SQLite file to WAL (readers never block the writer; it stays so in the
+    file). Switching needs the file to itself, and SQLite reports "database is locked" at
+    once, without its busy timeout, while another process holds it (several fnhost
+    processes starting on a new file): retried here, without blocking the event loop."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)

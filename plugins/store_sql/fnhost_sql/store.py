@@ -32,7 +32,7 @@ from fnhost.models import (
     StoredFunction,
 )
 from fnhost_sql import convert, queries
-from fnhost_sql.engine import SQLITE_BEGIN, build_engine, default_url
+from fnhost_sql.engine import SQLITE_BEGIN, build_engine, default_url, use_wal
 from fnhost_sql.migrations import migrate
 from fnhost_sql.sqlite_append import SqliteRecordAppender
 from fnhost_sql.tables import (
@@ -100,6 +100,8 @@ class SqlStore(Store):
                 f"store: cannot create the database directory for {where}: {exc}"
             ) from exc
         try:
+            if engine.dialect.name == "sqlite":
+                await use_wal(engine)
             await migrate(engine)
         except (OperationalError, InterfaceError, OSError) as exc:
             await engine.dispose()
