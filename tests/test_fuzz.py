@@ -16,6 +16,7 @@ The budget is fixed and the generation derandomized, so CI is reproducible.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
@@ -38,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from fnhost.testing import postgres_database
 from tests.live_server import ADMIN, LiveServer, live_server
 
 MAX_EXAMPLES = 25  # per operation, generation mode and key: about 2,200 requests in all
@@ -70,13 +72,19 @@ LEAKS = ("Traceback (most recent call last)", 'File "', "site-packages", str(REP
 SCHEMA_CHECKS = [response_schema_conformance, content_type_conformance, status_code_conformance]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    workdir = tmp_path_factory.mktemp("fuzz")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """fnhost on its default SQLite store, then on PostgreSQL: what a store refuses (NUL
+    bytes, over-long values) differs, and must never become a 500."""
+    workdir = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     # No management rate limit: 429s would only hide the routes behind them.
     settings = {"FNHOST_LIMITS__MANAGEMENT_PER_SECOND_PER_APP": "0"}
-    with live_server(workdir, settings) as running:
-        yield running
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgresql":
+            settings["FNHOST_STORE__URL"] = stack.enter_context(postgres_database())
+        yield stack.enter_context(live_server(workdir, settings))
 
 
 def deploy_missing(server: LiveServer) -> None:

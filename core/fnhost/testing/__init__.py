@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from fnhost.config import Config, parse_config
-from fnhost.testing.databases import mysql_url, postgres_url
+from fnhost.testing.databases import mysql_database, mysql_url, postgres_database, postgres_url
 from fnhost.testing.runtime_contract import RuntimeContract
 from fnhost.testing.store_contract import StoreContract
 
@@ -33,7 +33,9 @@ __all__ = [
     "StoreContract",
     "make_config",
     "missing_service",
+    "mysql_database",
     "mysql_url",
+    "postgres_database",
     "postgres_url",
 ]
 

@@ -14,6 +14,7 @@ worker thread, never on the test's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
@@ -37,6 +38,21 @@ CONNECT_TIMEOUT_S = 5
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """`postgresql+asyncpg://...` of a new, empty PostgreSQL database."""
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """`mysql+aiomysql://...?charset=utf8mb4` of a new, empty MariaDB/MySQL database."""
+    with mysql_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for as long as the block runs (for fixtures of a
+    wider scope than the test); skips, or fails, as `postgres_url` does without a server."""
     servers = _servers("FNHOST_TEST_POSTGRES_URL", POSTGRES_SERVERS)
     name = _unique_name()
     server = _first_answering(servers, lambda s: _postgres(s, f'CREATE DATABASE "{name}"'))
@@ -54,9 +70,9 @@ def postgres_url() -> Iterator[str]:
         )
 
 
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    """`mysql+aiomysql://...?charset=utf8mb4` of a new, empty MariaDB/MySQL database."""
+@contextlib.contextmanager
+def mysql_database() -> Iterator[str]:
+    """A new, empty MariaDB/MySQL database for as long as the block runs."""
     servers = _servers("FNHOST_TEST_MYSQL_URL", MYSQL_SERVERS)
     name = _unique_name()
     server = _first_answering(
