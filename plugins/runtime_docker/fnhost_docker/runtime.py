@@ -67,6 +67,11 @@ class DockerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     network: str = "fnhost"
     # warm containers kept; the least recently used one is removed first
     max_warm: Annotated[int, msgspec.Meta(ge=1)] = 50
+    # a function's calls in flight on one container past which that container is saturated
+    # and, room permitting, the function gets another one (each has its own `cpus`)
+    max_concurrent_per_container: Annotated[int, msgspec.Meta(ge=1)] = 64
+    # containers of one function revision at most
+    max_containers_per_function: Annotated[int, msgspec.Meta(ge=1)] = 4
     # a container idle this long is removed
     idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300
     # CPU share of each container (--cpus); None: no limit
@@ -89,8 +94,10 @@ class DockerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class DockerRuntime(Runtime):
     """Runs each function revision in its own warm container, reused across calls and
-    handling concurrent calls. Containers are replaced when they die, time out stuck or
-    exceed their memory limit, and removed when idle, evicted or superseded."""
+    handling concurrent calls; more containers (up to `max_containers_per_function`) while
+    every one of them has `max_concurrent_per_container` calls in flight. Containers are
+    replaced when they die, time out stuck or exceed their memory limit, and removed when
+    idle, evicted or superseded."""
 
     name = "docker"
     Config = DockerConfig
@@ -108,6 +115,8 @@ class DockerRuntime(Runtime):
             idle_seconds=config.idle_seconds,
             start_timeout_seconds=config.start_timeout_seconds,
             prewarm=config.prewarm,
+            max_workers_per_function=config.max_containers_per_function,
+            max_concurrent_per_worker=config.max_concurrent_per_container,
         )
         self._pool = WorkerPool(self._new_container, policy)
         self._publishes = PublishQueue(platform, log)
@@ -206,12 +215,16 @@ class DockerRuntime(Runtime):
 
     # for tests, benchmarks and diagnostics
     def container_ids(self) -> dict[WorkerKey, str]:
-        """Engine ids of the warm containers, by (app_id, name, revision)."""
-        return {
-            key: workers[0].container_id
-            for key, workers in self._pool.by_revision().items()
-            if workers and workers[0].container_id
+        """Engine id of the first warm container of each (app_id, name, revision)."""
+        return {key: ids[0] for key, ids in self.pool_container_ids().items()}
+
+    def pool_container_ids(self) -> dict[WorkerKey, list[str]]:
+        """Engine ids of every warm container, by (app_id, name, revision)."""
+        pools = {
+            key: [c.container_id for c in containers if c.container_id]
+            for key, containers in self._pool.by_revision().items()
         }
+        return {key: ids for key, ids in pools.items() if ids}
 
 
 def remove_containers(client: Any, owner: str) -> int:

@@ -225,6 +225,25 @@ async def test_idle_containers_are_removed(make_runtime: Any, engine: Any, tmp_p
         assert_ok(await call(runtime, make_spec(HELLO)))
 
 
+async def test_a_saturated_function_gets_more_containers_up_to_the_maximum(
+    make_runtime: Any, tmp_path: Path
+) -> None:
+    which = """const me = crypto.randomUUID();  // one per container
+    export default async () => {
+      await new Promise((r) => setTimeout(r, 1500));
+      return new Response(me);
+    }"""
+    async with make_runtime(
+        tmp_path / "data", max_concurrent_per_container=2, max_containers_per_function=2
+    ) as runtime:
+        function = make_spec(which)
+        await runtime.check(function)
+        results = await asyncio.gather(*(call(runtime, function) for _ in range(6)))
+        assert all(result.outcome == "ok" for result in results)
+        assert len({result.body for result in results}) == 2  # the maximum, not six
+        assert len(runtime.pool_container_ids()[("contract", "fn", 1)]) == 2
+
+
 async def test_max_warm_caps_the_containers(make_runtime: Any, engine: Any, tmp_path: Path) -> None:
     async with make_runtime(tmp_path / "data", max_warm=2) as runtime:
         for name in ("one", "two", "three"):
