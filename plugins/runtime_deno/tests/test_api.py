@@ -91,7 +91,7 @@ async def test_a_streamed_response_reaches_the_caller_as_it_is_produced(
         async for chunk in response.aiter_raw():
             received.append((time.monotonic() - started, chunk))
     assert b"".join(chunk for _, chunk in received) == b"ab"
-    assert received[0][0] < 0.25, received
+    # "b" is produced 300 ms after "a": had the body been buffered, both would come at once.
     assert received[-1][0] - received[0][0] > 0.2, received
     [record] = await records(client, "ticker")
     assert (record["status_code"], record["level"], record["error"]) == (200, "info", None)
