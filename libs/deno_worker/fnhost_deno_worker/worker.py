@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+from fnhost.errors import TooLarge
 from fnhost.models import FunctionSpec, InvocationRequest, InvocationResult
 from fnhost_deno_worker.calls import MEMORY_ERROR, CallTable, Death
 from fnhost_deno_worker.protocol import (
@@ -252,3 +253,44 @@ def last_line(stderr_tail: bytes) -> str:
     """The worker's last line of stderr, without host paths, for an error message."""
     lines = stderr_tail.decode(errors="replace").strip().splitlines()
     return _PATH.sub(r"\1", lines[-1].strip())[:500] if lines else ""
+
+
+def deno_run_arguments(
+    bootstrap: str,
+    memory_limit_mb: int,
+    allow_read: str,
+    allow_write: str | None = None,
+    v8_flags: tuple[str, ...] = (),
+) -> list[str]:
+    """`run ... bootstrap` for the deno binary: no prompt, config or lock file; network,
+    reading `allow_read` (the code) and, when given, writing `allow_write`; nothing else
+    (no subprocess, FFI, env or system info). V8's heap is held to the function's limit."""
+    # V8 grows its young generation up to 16-32 MiB per semi-space under load; bounded in
+    # proportion to the limit, a busy hello-world worker stays near 70 MiB instead of 170.
+    semi_space_mb = min(max(memory_limit_mb // 64, 1), 16)
+    flags = (
+        f"--max-old-space-size={memory_limit_mb}",
+        f"--max-semi-space-size={semi_space_mb}",
+        *v8_flags,
+    )
+    write = [f"--allow-write={allow_write}"] if allow_write else []
+    return [
+        "run",
+        "--quiet",
+        "--no-prompt",
+        "--no-config",
+        "--no-lock",
+        "--allow-net",
+        f"--allow-read={allow_read}",
+        *write,
+        f"--v8-flags={','.join(flags)}",
+        bootstrap,
+    ]
+
+
+def check_body_size(request: InvocationRequest, body_limit: int) -> None:
+    """Refuse a request body over the limit before any worker sees it."""
+    if len(request.body) > body_limit:
+        raise TooLarge(
+            f"request body of {len(request.body)} bytes exceeds the limit of {body_limit} bytes"
+        )

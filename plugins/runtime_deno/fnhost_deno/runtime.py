@@ -37,11 +37,12 @@ import msgspec
 
 from fnhost.config import MiB
 from fnhost.contracts import Runtime
-from fnhost.errors import ConfigError, TooLarge, Unavailable
+from fnhost.errors import ConfigError, Unavailable
 from fnhost.models import FunctionDefinition, FunctionSpec, InvocationRequest, InvocationResult
 from fnhost_deno.worker import DenoWorker, WorkerSettings
 from fnhost_deno_worker import BOOTSTRAP
 from fnhost_deno_worker.pool import PoolPolicy, PublishQueue, WorkerKey, WorkerPool
+from fnhost_deno_worker.worker import check_body_size
 
 if TYPE_CHECKING:
     from fnhost.platform import Platform
@@ -173,11 +174,7 @@ class DenoRuntime(Runtime):
     async def invoke(self, function: FunctionSpec, request: InvocationRequest) -> InvocationResult:
         if self._settings is None:
             raise Unavailable("the deno runtime is not started")
-        body_limit = self._settings.body_limit
-        if len(request.body) > body_limit:
-            raise TooLarge(
-                f"request body of {len(request.body)} bytes exceeds the limit of {body_limit} bytes"
-            )
+        check_body_size(request, self._settings.body_limit)
         self._busy.set()
         return await self._pool.invoke(function, request)
 

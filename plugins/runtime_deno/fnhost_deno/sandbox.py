@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fnhost_deno_worker.worker import deno_run_arguments
+
 if TYPE_CHECKING:
     from fnhost_deno.worker import WorkerSettings
 
@@ -26,27 +28,14 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("lin
 
 
 def deno_command(settings: WorkerSettings, code_file: Path, memory_limit_mb: int) -> list[str]:
-    # V8 grows its young generation up to 16-32 MiB per semi-space under load; bounded in
-    # proportion to the limit, a busy hello-world worker stays near 70 MiB instead of 170.
-    semi_space_mb = min(max(memory_limit_mb // 64, 1), 16)
-    v8_flags = ",".join(
-        (
-            f"--max-old-space-size={memory_limit_mb}",
-            f"--max-semi-space-size={semi_space_mb}",
-            *settings.v8_flags,
-        )
-    )
     return [
         settings.deno,
-        "run",
-        "--quiet",
-        "--no-prompt",
-        "--no-config",
-        "--no-lock",
-        "--allow-net",
-        f"--allow-read={code_file}",
-        f"--v8-flags={v8_flags}",
-        str(settings.bootstrap),
+        *deno_run_arguments(
+            str(settings.bootstrap),
+            memory_limit_mb,
+            allow_read=str(code_file),
+            v8_flags=settings.v8_flags,
+        ),
     ]
 
 

@@ -180,10 +180,11 @@ def test_saturation_settings_have_defaults() -> None:
 
 GROWS = """export default (req) => {
   if (new URL(req.url).searchParams.has("grow")) {
-    // Garbage once returned, but V8 keeps the heap it grew committed.
-    const chunks = [];
-    for (let i = 0; i < 40; i++) chunks.push(new Array(250_000).fill(i + 0.5));
-    return new Response(String(chunks.length));
+    // Kept alive (a cache, say), so V8 cannot give it back; garbage often stays
+    // committed too, but not always.
+    globalThis.kept = [];
+    for (let i = 0; i < 40; i++) globalThis.kept.push(new Array(250_000).fill(i + 0.5));
+    return new Response(String(globalThis.kept.length));
   }
   return new Response(String(Deno.pid));
 }"""

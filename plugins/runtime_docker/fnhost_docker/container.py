@@ -15,7 +15,13 @@ from fnhost.errors import Unavailable
 from fnhost.models import FunctionSpec
 from fnhost_deno_worker.calls import MEMORY_ERROR, Death
 from fnhost_deno_worker.protocol import Init
-from fnhost_deno_worker.worker import LoadFailed, Worker, last_line, memory_error_in
+from fnhost_deno_worker.worker import (
+    LoadFailed,
+    Worker,
+    deno_run_arguments,
+    last_line,
+    memory_error_in,
+)
 from fnhost_docker.engine import EngineAddress
 from fnhost_docker.image import BOOTSTRAP, USER
 from fnhost_docker.protocol import AttachedStream
@@ -60,20 +66,9 @@ def deno_arguments(memory_limit_mb: int) -> list[str]:
     """The container's command (the image's entrypoint is the Deno binary). The same
     permissions as the "deno" runtime's workers, plus writing the code into /tmp/fn once
     (revoked by the bootstrap before the code is imported)."""
-    semi_space_mb = min(max(memory_limit_mb // 64, 1), 16)
-    v8_flags = f"--max-old-space-size={memory_limit_mb},--max-semi-space-size={semi_space_mb}"
-    return [
-        "run",
-        "--quiet",
-        "--no-prompt",
-        "--no-config",
-        "--no-lock",
-        "--allow-net",
-        "--allow-read=/tmp/fn",
-        "--allow-write=/tmp/fn",
-        f"--v8-flags={v8_flags}",
-        BOOTSTRAP,
-    ]
+    return deno_run_arguments(
+        BOOTSTRAP, memory_limit_mb, allow_read="/tmp/fn", allow_write="/tmp/fn"
+    )
 
 
 class FunctionContainer(Worker):

@@ -33,9 +33,10 @@ import msgspec
 
 from fnhost.config import MiB
 from fnhost.contracts import Runtime
-from fnhost.errors import TooLarge, Unavailable
+from fnhost.errors import Unavailable
 from fnhost.models import FunctionDefinition, FunctionSpec, InvocationRequest, InvocationResult
 from fnhost_deno_worker.pool import PoolPolicy, PublishQueue, WorkerKey, WorkerPool
+from fnhost_deno_worker.worker import check_body_size
 from fnhost_docker.container import LABEL_PREFIX, ContainerSettings, FunctionContainer
 from fnhost_docker.engine import EngineAddress, connect, resolve_docker_host
 from fnhost_docker.image import RuntimeImage, ensure_image
@@ -198,11 +199,7 @@ class DockerRuntime(Runtime):
     async def invoke(self, function: FunctionSpec, request: InvocationRequest) -> InvocationResult:
         if self._settings is None:
             raise Unavailable("the docker runtime is not started")
-        body_limit = self._settings.body_limit
-        if len(request.body) > body_limit:
-            raise TooLarge(
-                f"request body of {len(request.body)} bytes exceeds the limit of {body_limit} bytes"
-            )
+        check_body_size(request, self._settings.body_limit)
         try:
             return await self._pool.invoke(function, request)
         except Unavailable as exc:
