@@ -104,6 +104,7 @@ class CallTable:
         self._ids = itertools.count()
         self.quiet = asyncio.Event()  # set whenever nothing is in flight
         self.last_used = time.monotonic()
+        self.last_rss = 0  # the worker's resident memory as it reported after a call
 
     @property
     def open_calls(self) -> int:
@@ -280,6 +281,7 @@ class CallTable:
         return True
 
     def _on_result(self, message: Result, body: bytes) -> None:
+        self.last_rss = message.rss or self.last_rss
         call = self._calls.get(message.id)
         late_logs = self._note_pending(message.id, call, message.pending)
         if call is None or call.future.done():
@@ -317,6 +319,7 @@ class CallTable:
         stream.arrived.set()
 
     def _on_end(self, message: End) -> None:
+        self.last_rss = message.rss or self.last_rss
         call = self._calls.get(message.id)
         late_logs = self._note_pending(message.id, call, message.pending)
         if call is None or call.stream is None or call.stream.ended:

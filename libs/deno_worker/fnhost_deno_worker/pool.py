@@ -37,6 +37,10 @@ class PoolPolicy:
     # calls in flight past which a worker is saturated and, room permitting, its revision
     # gets another worker
     max_concurrent_per_worker: int = 64
+    # A worker idle this long whose memory grew by more than `recycle_growth_bytes` since its
+    # module loaded is replaced by a fresh one (V8 keeps the heap a burst grew); 0: never.
+    recycle_idle_seconds: float = 0.0
+    recycle_growth_bytes: int = 16 * 1024 * 1024
 
 
 class WorkerPool(Generic[W]):
@@ -112,6 +116,31 @@ class WorkerPool(Generic[W]):
                         not worker.busy and now - worker.last_used > idle_seconds
                     ):
                         self._retire(key, worker)
+
+    async def recycle_grown(self) -> None:
+        """Forever: replace idle workers that kept the memory of a past burst with fresh
+        ones (each idle spell of a worker is looked at once)."""
+        idle_for = self.policy.recycle_idle_seconds
+        growth = self.policy.recycle_growth_bytes
+        checked: dict[W, float] = {}  # worker -> its last use when it was looked at
+        while True:
+            await asyncio.sleep(min(max(idle_for / 4, 0.05), 5.0))
+            now = time.monotonic()
+            for key, workers in list(self._pools.items()):
+                for worker in list(workers):
+                    if (
+                        worker.busy
+                        or not worker.loaded_rss
+                        or now - worker.last_used < idle_for
+                        or checked.get(worker) == worker.last_used
+                    ):
+                        continue
+                    checked[worker] = worker.last_used
+                    rss = worker.rss()
+                    if rss is not None and rss - worker.loaded_rss > growth:
+                        self.replace(key, worker)
+            live = set(self.warm())
+            checked = {worker: used for worker, used in checked.items() if worker in live}
 
     def replace(self, key: WorkerKey, old: W) -> None:
         """Start a fresh worker for the revision `old` runs, and retire `old` once the new

@@ -123,6 +123,11 @@ class Worker(ABC):
     def last_used(self) -> float:
         return self._calls.last_used
 
+    def rss(self) -> int | None:
+        """The worker's resident memory in bytes as last known: what it reported after its
+        last call (a runtime that can read it directly does so instead)."""
+        return self._calls.last_rss or self.loaded_rss or None
+
     def runs(self, function: FunctionSpec) -> bool:
         """Whether this worker runs exactly that code, env and memory limit."""
         mine = self.function

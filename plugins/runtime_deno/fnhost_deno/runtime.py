@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -116,6 +115,8 @@ class DenoRuntime(Runtime):
             prewarm=config.prewarm,
             max_workers_per_function=config.max_workers_per_function,
             max_concurrent_per_worker=config.max_concurrent_per_worker,
+            recycle_idle_seconds=config.recycle_idle_seconds,
+            recycle_growth_bytes=config.recycle_growth_mb * MiB,
         )
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -141,7 +142,7 @@ class DenoRuntime(Runtime):
             asyncio.create_task(self._watch_memory()),
         ]
         if self.config.recycle_idle_seconds:
-            self._tasks.append(asyncio.create_task(self._recycle_grown_workers()))
+            self._tasks.append(asyncio.create_task(self._pool.recycle_grown()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -193,30 +194,6 @@ class DenoRuntime(Runtime):
             for worker in busy:
                 worker.check_memory()
             await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
-
-    async def _recycle_grown_workers(self) -> None:
-        """Replace idle workers that kept the memory of a past burst with fresh ones."""
-        idle_for = self.config.recycle_idle_seconds
-        growth = self.config.recycle_growth_mb * MiB
-        checked: dict[DenoWorker, float] = {}  # worker -> its last use when last checked
-        while True:
-            await asyncio.sleep(min(max(idle_for / 4, 0.05), 5.0))
-            now = time.monotonic()
-            for key, workers in self._pool.by_revision().items():
-                for worker in workers:
-                    if (
-                        worker.busy
-                        or now - worker.last_used < idle_for
-                        or checked.get(worker) == worker.last_used
-                        or not worker.loaded_rss
-                    ):
-                        continue
-                    checked[worker] = worker.last_used  # once per idle spell
-                    rss = worker.rss()
-                    if rss is not None and rss - worker.loaded_rss > growth:
-                        self._pool.replace(key, worker)
-            live = set(self._pool.warm())
-            checked = {w: used for w, used in checked.items() if w in live}
 
     # for tests and diagnostics
     def worker_pids(self) -> dict[WorkerKey, int]:

@@ -73,6 +73,10 @@ class DockerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_concurrent_per_container: Annotated[int, msgspec.Meta(ge=1)] = 64
     # containers of one function revision at most
     max_containers_per_function: Annotated[int, msgspec.Meta(ge=1)] = 4
+    # A container idle this long whose Deno grew by more than recycle_growth_mb since its
+    # module loaded is replaced by a fresh one (V8 keeps the heap a burst grew). 0: never.
+    recycle_idle_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30
+    recycle_growth_mb: Annotated[int, msgspec.Meta(ge=1)] = 16
     # a container idle this long is removed
     idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300
     # CPU share of each container (--cpus); None: no limit
@@ -118,6 +122,8 @@ class DockerRuntime(Runtime):
             prewarm=config.prewarm,
             max_workers_per_function=config.max_containers_per_function,
             max_concurrent_per_worker=config.max_concurrent_per_container,
+            recycle_idle_seconds=config.recycle_idle_seconds,
+            recycle_growth_bytes=config.recycle_growth_mb * MiB,
         )
         self._pool = WorkerPool(self._new_container, policy)
         self._publishes = PublishQueue(platform, log)
@@ -150,6 +156,8 @@ class DockerRuntime(Runtime):
             frame_limit=max(self.config.max_message_bytes, body_limit + FRAME_HEADROOM_BYTES),
         )
         self._tasks = [asyncio.create_task(self._pool.retire_idle())]
+        if self.config.recycle_idle_seconds:
+            self._tasks.append(asyncio.create_task(self._pool.recycle_grown()))
 
     def _ensure_image(self, image: RuntimeImage) -> None:
         import docker.errors

@@ -244,6 +244,34 @@ async def test_a_saturated_function_gets_more_containers_up_to_the_maximum(
         assert len(runtime.pool_container_ids()[("contract", "fn", 1)]) == 2
 
 
+async def test_an_idle_container_that_kept_a_bursts_memory_is_replaced(
+    make_runtime: Any, tmp_path: Path
+) -> None:
+    grows = """export default (req) => {
+      if (new URL(req.url).searchParams.has("grow")) {
+        globalThis.kept = [];
+        for (let i = 0; i < 40; i++) globalThis.kept.push(new Array(250_000).fill(i + 0.5));
+      }
+      return new Response("ok");
+    }"""
+    async with make_runtime(
+        tmp_path / "data", recycle_idle_seconds=0.5, recycle_growth_mb=16
+    ) as runtime:
+        lean, grown = make_spec(grows, name="lean"), make_spec(grows, name="grown")
+        assert_ok(await call(runtime, lean))
+        assert_ok(await call(runtime, grown, "GET", "/?grow"))
+        before = runtime.container_ids()
+        await eventually(
+            lambda: (
+                runtime.container_ids().get(("contract", "grown", 1))
+                not in (None, before[("contract", "grown", 1)])
+            ),
+            within=15,
+        )
+        assert_ok(await call(runtime, grown))  # the fresh container serves it
+        assert runtime.container_ids()[("contract", "lean", 1)] == before[("contract", "lean", 1)]
+
+
 async def test_max_warm_caps_the_containers(make_runtime: Any, engine: Any, tmp_path: Path) -> None:
     async with make_runtime(tmp_path / "data", max_warm=2) as runtime:
         for name in ("one", "two", "three"):
