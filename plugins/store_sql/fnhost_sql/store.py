@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from sqlalchemy import Insert, Table, delete, func, insert, select, update
+from sqlalchemy import Insert, Table, Update, delete, func, insert, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -313,7 +313,6 @@ class SqlStore(Store):
             "owner": owner,
             "claimed_at": now,
         }
-        this_function = (cron_claims.c.app_id == app_id) & (cron_claims.c.function_name == name)
         try:
             async with self._writing() as connection:
                 inserted = await connection.execute(
@@ -326,7 +325,8 @@ class SqlStore(Store):
                 still_running = await connection.scalar(
                     select(cron_claims.c.fire_time)
                     .where(
-                        this_function,
+                        cron_claims.c.app_id == app_id,
+                        cron_claims.c.function_name == name,
                         cron_claims.c.fire_time < fire_time,
                         cron_claims.c.finished_at.is_(None),
                         cron_claims.c.claimed_at >= unfinished_since,
@@ -335,26 +335,15 @@ class SqlStore(Store):
                 )
                 if still_running is None:
                     return True
-                await connection.execute(
-                    update(cron_claims)
-                    .where(this_function, cron_claims.c.fire_time == fire_time)
-                    .values(finished_at=now)
-                )
+                # Skipped: finished now, so that it holds back no later fire time.
+                await connection.execute(_finish_claim(app_id, name, fire_time, now))
                 return False
         except IntegrityError:
             return False  # the primary key: another process claimed this fire time first
 
     async def finish_cron_fire(self, app_id: str, name: str, fire_time: datetime) -> None:
         async with self._writing() as connection:
-            await connection.execute(
-                update(cron_claims)
-                .where(
-                    cron_claims.c.app_id == app_id,
-                    cron_claims.c.function_name == name,
-                    cron_claims.c.fire_time == fire_time,
-                )
-                .values(finished_at=datetime.now(UTC))
-            )
+            await connection.execute(_finish_claim(app_id, name, fire_time, datetime.now(UTC)))
 
     async def prune_cron_claims(self, before: datetime) -> int:
         async with self._writing() as connection:
@@ -474,6 +463,19 @@ def _upsert(
             set_={column: sqlite_insert.excluded[column] for column in replace},
         )
     raise NotImplementedError(f"sql store: no upsert for dialect {dialect!r}")
+
+
+def _finish_claim(app_id: str, name: str, fire_time: datetime, at: datetime) -> Update:
+    """Mark one claimed fire time's run as ended at `at`."""
+    return (
+        update(cron_claims)
+        .where(
+            cron_claims.c.app_id == app_id,
+            cron_claims.c.function_name == name,
+            cron_claims.c.fire_time == fire_time,
+        )
+        .values(finished_at=at)
+    )
 
 
 def _insert_unless_present(
