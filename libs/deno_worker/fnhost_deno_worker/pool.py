@@ -54,6 +54,13 @@ class WorkerPool(Generic[W]):
         self._retiring: dict[asyncio.Task[None], W] = {}
         self._latest: dict[tuple[str, str], int] = {}  # newest revision invoked per function
         self._replacing: dict[WorkerKey, asyncio.Task[None]] = {}
+        self._upkeep: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start retiring idle workers, and recycling grown ones when the policy says so."""
+        self._upkeep = [asyncio.create_task(self._retire_idle())]
+        if self.policy.recycle_idle_seconds:
+            self._upkeep.append(asyncio.create_task(self._recycle_grown()))
 
     # ---- what the Runtime protocol asks ---------------------------------------------
 
@@ -96,15 +103,17 @@ class WorkerPool(Generic[W]):
                     self._retire(key, worker)
 
     async def stop(self) -> None:
-        """Stop every worker, warm or retiring, and wait until all are gone."""
-        for task in list(self._replacing.values()):
+        """Stop the upkeep and every worker, warm or retiring; wait until all are gone."""
+        for task in [*self._upkeep, *self._replacing.values()]:
             task.cancel()
+        await asyncio.gather(*self._upkeep, return_exceptions=True)
+        self._upkeep = []
         workers = [*self.warm(), *self._retiring.values()]
         self._pools.clear()
         await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
-    async def retire_idle(self) -> None:
+    async def _retire_idle(self) -> None:
         """Forever: retire dead workers and those idle past `idle_seconds`."""
         idle_seconds = self.policy.idle_seconds
         while True:
@@ -117,7 +126,7 @@ class WorkerPool(Generic[W]):
                     ):
                         self._retire(key, worker)
 
-    async def recycle_grown(self) -> None:
+    async def _recycle_grown(self) -> None:
         """Forever: replace idle workers that kept the memory of a past burst with fresh
         ones (each idle spell of a worker is looked at once)."""
         idle_for = self.policy.recycle_idle_seconds

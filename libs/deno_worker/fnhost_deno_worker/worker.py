@@ -2,8 +2,8 @@
 its life from launch to retirement, whatever runs it (a local process, a container).
 
 A runtime subclasses `Worker` with the mechanics only it knows: how the worker starts
-(`_boot`), how frames reach it (`_send`), how it is killed (`kill`, `stop`) and why it
-died; everything a function's calls go through is here and in `CallTable`.
+(`_boot`), how frames reach it (`_send`), how it is ended (`_terminate`, `stop`) and why
+it died; everything a function's calls go through is here and in `CallTable`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Worker(ABC):
     """A worker for one function revision. `launch()` starts it, `ready()` waits for the
     module to load; then `invoke()` runs calls concurrently until `stop()` or `retire()`.
 
-    `publish(channel, data)` receives the function's `ctx.publish` calls; `rss_limit`
+    `publish(app_id, channel, data)` receives the function's `ctx.publish` calls; `rss_limit`
     (bytes, 0 for none) kills a worker past it after a call, for runtimes where nothing
     else bounds its memory.
     """
@@ -60,7 +60,7 @@ class Worker(ABC):
         body_limit: int,
         frame_limit: int,
         rss_limit: int = 0,
-        publish: Callable[[str, Any], None] | None = None,
+        publish: Callable[[str, str, Any], None] | None = None,
     ) -> None:
         self.function = function
         self.body_limit = body_limit
@@ -95,9 +95,8 @@ class Worker(ABC):
         """Wait while the transport is not taking what was written (flow control)."""
 
     @abstractmethod
-    def kill(self, death: Death) -> None:
-        """Kill the worker at once; calls in flight end with `death` (the first reason
-        given wins)."""
+    def _terminate(self) -> None:
+        """End the worker at once (kill the process, remove the container)."""
 
     @abstractmethod
     async def stop(self) -> None:
@@ -237,9 +236,16 @@ class Worker(ABC):
             return
         if isinstance(message, Publish):
             if self._publish is not None:
-                self._publish(message.channel, message.data)
+                self._publish(self.function.app_id, message.channel, message.data)
         elif self._loaded is not None and not self._loaded.done():
             self._loaded.set_result(message)
+
+    def kill(self, death: Death) -> None:
+        """Kill the worker at once; calls in flight end with `death` (the first reason
+        given wins)."""
+        if self._death is None:
+            self._death = death
+        self._terminate()
 
     def _ended(self, death: Death) -> None:
         """The worker is gone (`death` says why): end the load and every call in flight."""

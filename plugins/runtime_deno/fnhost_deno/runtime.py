@@ -104,7 +104,7 @@ class DenoRuntime(Runtime):
         self._pool = WorkerPool(self._new_worker, self._policy())
         self._publishes = PublishQueue(platform, log)
         self._busy = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._watchdog: asyncio.Task[None] | None = None
 
     def _policy(self) -> PoolPolicy:
         config = self.config
@@ -137,18 +137,14 @@ class DenoRuntime(Runtime):
             v8_flags=tuple(self.config.v8_flags),
             publish=self._publishes.put,
         )
-        self._tasks = [
-            asyncio.create_task(self._pool.retire_idle()),
-            asyncio.create_task(self._watch_memory()),
-        ]
-        if self.config.recycle_idle_seconds:
-            self._tasks.append(asyncio.create_task(self._pool.recycle_grown()))
+        self._pool.start()
+        self._watchdog = asyncio.create_task(self._watch_memory())
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         await self._pool.stop()
         await self._publishes.close(PUBLISH_DRAIN_SECONDS)
         self._settings = None

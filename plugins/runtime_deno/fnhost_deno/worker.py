@@ -8,7 +8,6 @@ why a process died.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import os
 import signal
@@ -49,13 +48,12 @@ class DenoWorker(Worker):
     """A `deno run` process for one function revision."""
 
     def __init__(self, function: FunctionSpec, settings: WorkerSettings) -> None:
-        publish = settings.publish
         super().__init__(
             function,
             settings.body_limit,
             settings.frame_limit,
             rss_limit=(function.memory_limit_mb + settings.rss_allowance_mb) * MiB,
-            publish=functools.partial(publish, function.app_id) if publish else None,
+            publish=settings.publish,
         )
         self.settings = settings
         self._process: WorkerProcess | None = None
@@ -116,10 +114,8 @@ class DenoWorker(Worker):
         if self._process is not None:
             await self._process.drain()
 
-    def kill(self, death: Death) -> None:
-        """Kill the process group at once; calls in flight end with `death`."""
-        if self._death is None:
-            self._death = death
+    def _terminate(self) -> None:
+        """Kill the process group."""
         if self._process is not None:
             self._process.kill()
 

@@ -81,7 +81,7 @@ class FunctionContainer(Worker):
         self,
         function: FunctionSpec,
         settings: ContainerSettings,
-        publish: Callable[[str, Any], None] | None = None,
+        publish: Callable[[str, str, Any], None] | None = None,
     ) -> None:
         super().__init__(function, settings.body_limit, settings.frame_limit, publish=publish)
         self.settings = settings
@@ -95,7 +95,7 @@ class FunctionContainer(Worker):
         try:
             self.container_id = await asyncio.to_thread(self._create)
             if self._death is not None:  # stopped meanwhile
-                self._remove()
+                self._terminate()
                 raise LoadFailed(self._death.message, crashed=True)
             self._stream = await settings.engine.attach(
                 self.container_id, lambda: AttachedStream(self.dispatch, settings.frame_limit)
@@ -106,7 +106,7 @@ class FunctionContainer(Worker):
             raise
         except Exception as exc:
             self._death = Death("crash", f"cannot start a container: {_explain(exc)}")
-            self._remove()
+            self._terminate()
             raise Unavailable(self._death.message) from None
 
     def _init_frame(self) -> Init:
@@ -160,14 +160,8 @@ class FunctionContainer(Worker):
         )
         return str(created["Id"])
 
-    def kill(self, death: Death) -> None:
-        """Remove the container at once (in the background); calls in flight end with
-        `death`."""
-        if self._death is None:
-            self._death = death
-        self._remove()
-
-    def _remove(self) -> None:
+    def _terminate(self) -> None:
+        """Remove the container (in the background), once."""
         if self._removal is None and self.container_id is not None:
             self._removal = asyncio.ensure_future(_remove(self.settings.client, self.container_id))
 
@@ -175,7 +169,7 @@ class FunctionContainer(Worker):
         """Remove the container and wait until it is gone."""
         self.kill(Death("crash", "the container was stopped"))
         await self._await_start()
-        self._remove()  # created while stopping
+        self._terminate()  # created while stopping
         if self._reader_task is not None:
             await asyncio.shield(self._reader_task)
         if self._removal is not None:
@@ -201,7 +195,7 @@ class FunctionContainer(Worker):
             self.kill(Death("crash", f"the container broke the protocol: {exc}"))
         self._stream.close()
         death = await self._exit_reason()
-        self._remove()
+        self._terminate()
         self._ended(death)
 
     async def _exit_reason(self) -> Death:

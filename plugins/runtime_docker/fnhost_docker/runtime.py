@@ -127,7 +127,6 @@ class DockerRuntime(Runtime):
         )
         self._pool = WorkerPool(self._new_container, policy)
         self._publishes = PublishQueue(platform, log)
-        self._tasks: list[asyncio.Task[None]] = []
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -155,9 +154,7 @@ class DockerRuntime(Runtime):
             body_limit=body_limit,
             frame_limit=max(self.config.max_message_bytes, body_limit + FRAME_HEADROOM_BYTES),
         )
-        self._tasks = [asyncio.create_task(self._pool.retire_idle())]
-        if self.config.recycle_idle_seconds:
-            self._tasks.append(asyncio.create_task(self._pool.recycle_grown()))
+        self._pool.start()
 
     def _ensure_image(self, image: RuntimeImage) -> None:
         import docker.errors
@@ -176,10 +173,6 @@ class DockerRuntime(Runtime):
             log.warning("function image built in %.1f s", time.monotonic() - started)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
         await self._pool.stop()
         await self._publishes.close(PUBLISH_DRAIN_SECONDS)
         if self.client is not None:
@@ -192,12 +185,7 @@ class DockerRuntime(Runtime):
     def _new_container(self, function: FunctionSpec) -> FunctionContainer:
         if self._settings is None:
             raise Unavailable("the docker runtime is not started")
-        app_id = function.app_id
-        return FunctionContainer(
-            function,
-            self._settings,
-            lambda channel, data: self._publishes.put(app_id, channel, data),
-        )
+        return FunctionContainer(function, self._settings, self._publishes.put)
 
     # ---- the Runtime protocol ----------------------------------------------------
 
